@@ -1,0 +1,17 @@
+"""User-facing errors: each carries one clear sentence that a person can act on."""
+
+
+class MaskSegError(Exception):
+    """A problem the user caused or can fix (bad file, bad flag, missing weights); never a bug."""
+
+
+class ImageLoadError(MaskSegError):
+    """An input could not be read as an image."""
+
+
+class WeightsMissingError(MaskSegError):
+    """Model weights are not on this machine and could not be downloaded."""
+
+
+class CheckpointError(MaskSegError):
+    """A checkpoint file is missing, unreadable or not a maskseg checkpoint."""
