@@ -1,0 +1,154 @@
+"""Export bundles: overlay, per-object PNG masks, label map, COCO JSON (RLE) and CSV, all agreeing."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from maskseg import __version__
+from maskseg.prediction import TABLE_COLUMNS, Prediction
+from maskseg.render import RenderOptions, render_overlay
+
+CSV_COLUMNS = ["id", *TABLE_COLUMNS[1:]]
+
+
+def mask_file_name(instance_id: int, class_name: str) -> str:
+    """masks/NN_<class>.png, with the class made safe for every file system."""
+    safe = re.sub(r"[^A-Za-z0-9]+", "-", class_name).strip("-") or "object"
+    return f"masks/{instance_id:02d}_{safe}.png"
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes of an RGB, 8-bit or 16-bit array (fast compression: masks compress well anyway)."""
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, buffer = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:  # pragma: no cover - OpenCV only fails here on a bug
+        raise RuntimeError("PNG encoding failed")
+    return buffer.tobytes()
+
+
+def coco_document(prediction: Prediction, rles: list[dict] | None = None) -> dict:
+    """The bundle's instances.json: a COCO results file pycocotools.coco.COCO can load."""
+    if rles is None:
+        rles = [_rle(prediction.mask(inst)) for inst in prediction.instances]
+    names = prediction.class_names or sorted({i.class_name for i in prediction.instances})
+    if prediction.class_names:
+        categories = [
+            {"id": index, "name": name}
+            for index, name in enumerate(names)
+            if index > 0 and name not in ("N/A", "__background__")
+        ]
+    else:
+        categories = [{"id": i.category_id, "name": i.class_name} for i in prediction.instances]
+    annotations = []
+    for inst, rle in zip(prediction.instances, rles):
+        x1, y1, x2, y2 = inst.box
+        annotations.append(
+            {
+                "id": inst.id,
+                "image_id": 1,
+                "category_id": inst.category_id,
+                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                "area": int(mask_utils.area(rle)),
+                "iscrowd": 0,
+                "score": round(inst.score, 6),
+                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+            }
+        )
+    return {
+        "info": {
+            "description": f"maskseg {__version__} prediction",
+            "model": prediction.model_title,
+            "score_threshold": prediction.score_threshold,
+            "mask_threshold": prediction.mask_threshold,
+            "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+        "images": [
+            {"id": 1, "file_name": prediction.image_name, "width": prediction.width, "height": prediction.height}
+        ],
+        "categories": categories,
+        "annotations": annotations,
+    }
+
+
+def _rle(mask: np.ndarray) -> dict:
+    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+
+
+def csv_text(prediction: Prediction) -> str:
+    """objects.csv: one row per instance, the same numbers as the app's table."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    writer.writerows(prediction.table_rows())
+    return buffer.getvalue()
+
+
+def bundle_files(prediction: Prediction, options: RenderOptions = RenderOptions()) -> Iterator[tuple[str, bytes]]:
+    """(relative path, bytes) for every file of one image's bundle, one mask in memory at a time."""
+    yield "overlay.png", encode_png(render_overlay(prediction, options))
+    rles = []
+    for inst in prediction.instances:
+        mask = prediction.mask(inst)
+        rles.append(_rle(mask))
+        yield mask_file_name(inst.id, inst.class_name), encode_png(mask.astype(np.uint8) * 255)
+    yield "label_map.png", encode_png(prediction.label_map())
+    yield "instances.json", json.dumps(coco_document(prediction, rles), indent=1).encode()
+    yield "objects.csv", csv_text(prediction).encode()
+
+
+def write_bundle(prediction: Prediction, out_dir: str | Path, options: RenderOptions = RenderOptions()) -> Path:
+    """Write one image's bundle as a folder; returns the folder."""
+    out_dir = Path(out_dir)
+    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    for old in (out_dir / "masks").glob("*.png"):
+        old.unlink()  # a re-run with fewer objects must not leave stale masks behind
+    for relative, data in bundle_files(prediction, options):
+        (out_dir / relative).write_bytes(data)
+    return out_dir
+
+
+def write_bundle_zip(prediction: Prediction, zip_path: str | Path, options: RenderOptions = RenderOptions()) -> Path:
+    """Write one image's bundle as a zip (files at the top level); returns the zip path."""
+    return write_batch_zip([prediction], zip_path, options, folders=False)
+
+
+def unique_stems(predictions: Sequence[Prediction]) -> list[str]:
+    """Bundle folder names: image stems, with _2, _3... when two inputs share a stem."""
+    seen: dict[str, int] = {}
+    stems = []
+    for pred in predictions:
+        stem = pred.image_stem
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return stems
+
+
+def write_batch_zip(
+    predictions: Sequence[Prediction],
+    zip_path: str | Path,
+    options: RenderOptions = RenderOptions(),
+    folders: bool = True,
+) -> Path:
+    """One zip holding a bundle folder per image (or a single bundle at the top when folders=False)."""
+    zip_path = Path(zip_path)
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    # PNGs are already compressed: store them, deflate only the text files.
+    with zipfile.ZipFile(zip_path, "w") as archive:
+        for stem, pred in zip(unique_stems(predictions), predictions):
+            prefix = f"{stem}/" if folders else ""
+            for relative, data in bundle_files(pred, options):
+                method = zipfile.ZIP_STORED if relative.endswith(".png") else zipfile.ZIP_DEFLATED
+                archive.writestr(prefix + relative, data, compress_type=method)
+    return zip_path
