@@ -1,0 +1,203 @@
+"""Command line: `python -m maskseg predict|models|synth|train|eval ...`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from maskseg.errors import MaskSegError
+from maskseg.images import DEFAULT_MAX_PIXELS, LoadedImage, is_image_path, load_image
+
+# Modules that add their own subcommand through add_cli(subparsers).
+PLUGIN_COMMANDS = ("maskseg.synth", "maskseg.train", "maskseg.evaluate")
+
+
+def fraction(text: str) -> float:
+    """argparse type for a number between 0 and 1 (a bad value is a usage error, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model / --checkpoint / --device, shared by every command that loads a model."""
+    parser.add_argument(
+        "--model", default="auto",
+        help="auto (v2 on GPU, v1 on CPU), v1, v2, maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2, "
+        "or shapes-demo (offline)",
+    )
+    parser.add_argument("--checkpoint", type=Path, help="a local checkpoint saved by `maskseg train`")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, including subcommands contributed by other modules."""
+    parser = argparse.ArgumentParser(prog="python -m maskseg", description="Mask R-CNN instance segmentation.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    predict = subparsers.add_parser(
+        "predict", help="segment images and write one bundle folder per image",
+        description="Segment images (files or folders of images) and write DIR/<image stem>/ bundles: "
+        "overlay.png, masks/NN_<class>.png, label_map.png, instances.json (COCO RLE), objects.csv.",
+    )
+    predict.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_DIR")
+    predict.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the bundles")
+    add_model_arguments(predict)
+    predict.add_argument("--threshold", type=fraction, default=0.5, help="score threshold (default 0.5)")
+    predict.add_argument("--mask-threshold", type=fraction, default=0.5, help="mask probability cut (default 0.5)")
+    predict.add_argument("--classes", default="", help="comma-separated class names to keep, e.g. person,car")
+    predict.add_argument("--max-detections", type=positive_int, default=100, help="most objects per image")
+    predict.add_argument("--batch-size", type=positive_int, default=2, help="images per network run")
+    predict.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                         help="refuse images larger than this many pixels (default 40 million)")
+    predict.add_argument("--opacity", type=fraction, default=0.5, help="mask fill opacity in the overlay")
+    for layer in ("masks", "contours", "boxes", "labels"):
+        predict.add_argument(f"--no-{layer}", action="store_true", help=f"do not draw {layer} on the overlay")
+    predict.set_defaults(handler=run_predict)
+
+    models = subparsers.add_parser("models", help="list models, their COCO accuracy and whether weights are here")
+    models.set_defaults(handler=run_models)
+
+    for module_name in PLUGIN_COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        if hasattr(module, "add_cli"):
+            module.add_cli(subparsers)
+    return parser
+
+
+def expand_inputs(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files named directly, plus the image files inside named folders (sorted); and the misses."""
+    files: list[Path] = []
+    missing: list[tuple[str, str]] = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and is_image_path(p))
+            if not found:
+                missing.append((str(item), "folder holds no image files"))
+            files.extend(found)
+        elif item.exists():
+            files.append(item)
+        else:
+            missing.append((str(item), "does not exist"))
+    return files, missing
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Segment every input, write bundles, name each failure; exit 1 if any input failed."""
+    from tqdm import tqdm
+
+    from maskseg.export import write_bundle
+    from maskseg.render import RenderOptions
+    from maskseg.segmenter import Segmenter
+
+    files, failures = expand_inputs(args.inputs)
+    for name, reason in failures:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    if not files:
+        print("error: no images to segment.", file=sys.stderr)
+        return 1
+    segmenter = Segmenter(model=args.model, checkpoint=args.checkpoint, device=args.device,
+                          max_pixels=args.max_pixels)
+    options = RenderOptions(
+        opacity=args.opacity, masks=not args.no_masks, contours=not args.no_contours,
+        boxes=not args.no_boxes, labels=not args.no_labels,
+    )
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    used_stems: dict[str, int] = {}
+    objects = written = 0
+    started = time.perf_counter()
+    bar = tqdm(total=len(files), unit="image", disable=len(files) < 2, file=sys.stderr)
+    for start in range(0, len(files), args.batch_size):
+        batch: list[LoadedImage] = []
+        for path in files[start : start + args.batch_size]:
+            try:
+                batch.append(load_image(path, max_pixels=args.max_pixels))
+            except MaskSegError as exc:
+                failures.append((str(path), str(exc)))
+                tqdm.write(f"failed {path}: {exc}", file=sys.stderr)
+                bar.update(1)
+        if not batch:
+            continue
+        predictions = segmenter.predict(
+            batch, score_threshold=args.threshold, mask_threshold=args.mask_threshold,
+            classes=classes or None, max_detections=args.max_detections, batch_size=len(batch),
+        )
+        for prediction in predictions:
+            stem = prediction.image_stem
+            used_stems[stem] = used_stems.get(stem, 0) + 1
+            folder = stem if used_stems[stem] == 1 else f"{stem}_{used_stems[stem]}"
+            write_bundle(prediction, args.out / folder, options)
+            objects += len(prediction.instances)
+            written += 1
+            if len(files) == 1:
+                print(f"{prediction.image_name}: {prediction.summary()}")
+            bar.update(1)
+    bar.close()
+    elapsed = time.perf_counter() - started
+    summary = (
+        f"Segmented {written} of {written + len(failures)} inputs: {objects} objects above "
+        f"{args.threshold:.2f}, bundles in {args.out} ({elapsed:.1f} s, {segmenter.loaded.title} "
+        f"on {segmenter.loaded.device_name})."
+    )
+    print(summary)
+    if failures:
+        print(f"{len(failures)} failed:", file=sys.stderr)
+        for name, reason in failures:
+            print(f"  {name}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_models(_args: argparse.Namespace) -> int:
+    """Print every known model with its COCO accuracy, size and whether its weights are here."""
+    from maskseg.models import list_models
+
+    header = f"{'name':<26} {'box AP':>6} {'mask AP':>7} {'params':>7} {'size':>8}  weights"
+    print(header)
+    print("-" * len(header))
+    for row in list_models():
+        box = f"{row['box_ap']:.1f}" if row["box_ap"] is not None else "-"
+        mask = f"{row['mask_ap']:.1f}" if row["mask_ap"] is not None else "-"
+        params = f"{row['params_m']:.1f}M" if row["params_m"] is not None else "-"
+        size = f"{row['size_mb']:.1f} MB" if row["size_mb"] is not None else "-"
+        where = f"here ({row['path']})" if row["available"] else f"missing (expected at {row['path']})"
+        print(f"{row['name']:<26} {box:>6} {mask:>7} {params:>7} {size:>8}  {where}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, run, turn user errors into one line and an exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except MaskSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
