@@ -23,6 +23,7 @@ from maskseg.prediction import TABLE_COLUMNS  # noqa: E402
 from maskseg.render import color_hex, render_overlay  # noqa: E402
 from maskseg.ui_core import (  # noqa: E402
     BATCH_COLUMNS,
+    NETWORK_RUNS,
     AppConfig,
     Controls,
     SessionResult,
@@ -57,21 +58,22 @@ CSS = """
 """
 
 
-class UploadImage(gr.Image):
-    """gr.Image that hands the uploaded file's path through untouched.
+def pass_upload_path_through(component: gr.Image) -> gr.Image:
+    """Make a gr.Image hand the uploaded file's path on untouched.
 
     Gradio's own preprocessing opens the file with PIL and fails with a bare error on a non-image;
     passing the path on lets maskseg.images.load_image give its one clear sentence instead.
+    (An instance patch, not a subclass: a subclass makes Gradio write a .pyi file next to this one.)
     """
+    original = component.preprocess
 
-    is_template = True  # render with the stock Image front end
-
-    def preprocess(self, payload):  # type: ignore[override]
-        if payload is None:
-            return None
-        if getattr(payload, "path", None):
+    def preprocess(payload):
+        if payload is not None and getattr(payload, "path", None):
             return str(payload.path)
-        return super().preprocess(payload)
+        return original(payload)
+
+    component.preprocess = preprocess  # type: ignore[method-assign]
+    return component
 
 
 def _user_error(exc: MaskSegError) -> gr.Error:
@@ -87,6 +89,7 @@ def _predict_one(model_value: str, config: AppConfig, image: Any, controls: Cont
 @gpu
 def _predict_many(model_value: str, config: AppConfig, images: list, progress_callback):
     segmenter = make_segmenter(model_value, config)
+    NETWORK_RUNS.add(len(images))
     return segmenter.predict(images, score_threshold=config.score_threshold, progress=progress_callback)
 
 
@@ -203,13 +206,14 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             with gr.Tab("Segment", id="segment") as segment_tab:
                 with gr.Row():
                     with gr.Column(scale=1):
-                        image_in = UploadImage(
+                        image_in = gr.Image(
                             label="Photo",
                             type="filepath",
                             image_mode=None,
                             sources=["upload", "webcam", "clipboard"],
                             elem_id="input-image",
                         )
+                        pass_upload_path_through(image_in)
                         with gr.Row():
                             model_dd = gr.Dropdown(
                                 choices=model_choices(config), value=default_model, label="Model",

@@ -154,9 +154,29 @@ def startup_model(config: AppConfig) -> tuple[str, str | None]:
 # ---------------------------------------------------------------- segment tab
 
 
+class NetworkRuns:
+    """How many times the app ran the network: tests and benchmarks check sliders never do."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self, images: int = 1) -> None:
+        with self._lock:
+            self._count += images
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+
+NETWORK_RUNS = NetworkRuns()
+
+
 def run_network(segmenter: Segmenter, image: LoadedImage | np.ndarray, controls: Controls) -> Prediction:
     """Run the network once, keeping everything down to the floor so later filters are free."""
     floor = min(float(controls.score_threshold), SCORE_FLOOR)
+    NETWORK_RUNS.add(1)
     return segmenter.predict_one(
         image, score_threshold=floor, mask_threshold=float(controls.mask_threshold), max_detections=100
     )

@@ -61,3 +61,53 @@ def random_weights_home(tmp_path_factory: pytest.TempPathFactory):
         else:
             os.environ["TORCH_HOME"] = old
         clear_model_cache()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# The app server the API and browser tests share: random v1 weights, threshold 0 (random weights
+# score near 1/91), and a small pixel limit so "oversized image" is cheap to provoke.
+APP_MAX_PIXELS = 2_000_000
+
+
+@pytest.fixture(scope="session")
+def app_server(random_weights_home):
+    """A live Gradio server (in this process) running the real app; yields its URL."""
+    from maskseg.ui import build_app, launch  # noqa: F401
+    from maskseg.ui_core import AppConfig
+
+    config = AppConfig(
+        model="maskrcnn_resnet50_fpn", device="cpu", score_threshold=0.0, max_pixels=APP_MAX_PIXELS,
+        checkpoints_dir=random_weights_home / "no-checkpoints",
+    )
+    demo = build_app(config)
+    port = free_port()
+    demo.queue(default_concurrency_limit=1, max_size=8)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="session")
+def small_images(tmp_path_factory) -> dict[str, Path]:
+    """Small copies of the example photos (320 px long side) so CPU inference stays short."""
+    from PIL import Image
+
+    out = tmp_path_factory.mktemp("small_images")
+    images = {}
+    for source in sorted((REPO_ROOT / "assets" / "examples").glob("*.jpg")):
+        with Image.open(source) as im:
+            im = im.convert("RGB")
+            im.thumbnail((320, 320))
+            target = out / source.name
+            im.save(target, quality=90)
+            images[source.stem] = target
+    return images

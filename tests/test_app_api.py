@@ -1,0 +1,205 @@
+"""The web app through its HTTP API, as a script would use it (gradio_client against a live server)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import APP_MAX_PIXELS, REPO_ROOT, free_port, require_or_skip
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def client(app_server):
+    from gradio_client import Client
+
+    return Client(app_server, verbose=False)
+
+
+def _as_number_or_text(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _same_rows(table_rows, csv_rows):
+    assert len(table_rows) == len(csv_rows)
+    for got, want in zip(table_rows, csv_rows):
+        assert [_as_number_or_text(v) for v in got] == [_as_number_or_text(v) for v in want]
+
+
+def _csv_rows(data: bytes) -> tuple[list[str], list[list[str]]]:
+    rows = list(csv.reader(io.StringIO(data.decode())))
+    return rows[0], rows[1:]
+
+
+def test_named_endpoints_are_listed(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert "/segment" in endpoints and "/batch" in endpoints
+    names = [p["parameter_name"] for p in endpoints["/segment"]["parameters"]]
+    assert names[:3] == ["image", "model", "score_threshold"]
+
+
+def test_segment_returns_overlay_table_and_agreeing_zip(client, small_images):
+    from gradio_client import handle_file
+
+    from maskseg.verify import check_bundle
+
+    photo = small_images["street"]
+    overlay, table, legend, status, bundle = client.predict(
+        image=handle_file(str(photo)), model="maskrcnn_resnet50_fpn", score_threshold=0.0, api_name="/segment"
+    )
+    with Image.open(photo) as original, Image.open(overlay) as drawn:
+        assert drawn.size == original.size
+    rows = table["data"]
+    assert table["headers"] == ["#", "class", "score", "x1", "y1", "x2", "y2", "area_px", "area_pct"]
+    assert rows, "threshold 0 with random weights should still give detections"
+    assert f"Objects: {len(rows)}" in status and "Device: CPU" in status and "Inference:" in status
+    check_bundle(bundle)
+    with zipfile.ZipFile(bundle) as archive:
+        header, csv_rows = _csv_rows(archive.read("objects.csv"))
+        assert {"overlay.png", "label_map.png", "instances.json"} <= set(archive.namelist())
+        assert len([n for n in archive.namelist() if n.startswith("masks/")]) == len(rows)
+    assert header[1:] == table["headers"][1:]
+    _same_rows(rows, csv_rows)
+    # Colour chips name every object in the table, in the overlay's colours.
+    assert legend.count("maskseg-chip") == len(rows)
+
+
+def test_batch_skips_a_non_image_and_finishes_the_rest(client, small_images, tmp_path):
+    from gradio_client import handle_file
+
+    from maskseg.verify import check_bundle
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("this is not a photo")
+    good = [small_images["bear"], small_images["kitchen"]]
+    gallery, table, bundle, status = client.predict(
+        files=[handle_file(str(good[0])), handle_file(str(notes)), handle_file(str(good[1]))],
+        model="maskrcnn_resnet50_fpn",
+        score_threshold=0.0,
+        api_name="/batch",
+    )
+    assert len(gallery) == 2
+    assert "notes.txt" in status and "Skipped 1" in status and "Segmented 2 images" in status
+    assert table["headers"][0] == "image"
+    per_image: dict[str, list] = {}
+    for row in table["data"]:
+        per_image.setdefault(row[0], []).append(row[1:])
+    assert set(per_image) == {"bear", "kitchen"}
+    with zipfile.ZipFile(bundle) as archive:
+        folders = {name.split("/")[0] for name in archive.namelist()}
+        assert folders == {"bear", "kitchen"}
+        archive.extractall(tmp_path / "unzipped")
+        for stem, rows in per_image.items():
+            _, csv_rows = _csv_rows(archive.read(f"{stem}/objects.csv"))
+            _same_rows(rows, csv_rows)
+    for stem in per_image:
+        check_bundle(tmp_path / "unzipped" / stem)
+
+
+def _download_blocked() -> bool:
+    try:
+        with socket.create_connection(("download.pytorch.org", 443), timeout=3):
+            return False
+    except OSError:
+        return True
+
+
+def test_bad_uploads_give_clear_errors_and_the_server_keeps_working(client, tmp_path, small_images):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    text = tmp_path / "holiday.png"
+    text.write_text("not really a png")
+    with pytest.raises(AppError, match="not an image"):
+        client.predict(image=handle_file(str(text)), score_threshold=0.0, api_name="/segment")
+
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (2000, 1200), "white").save(huge)  # 2.4 MP against the server's 2 MP limit
+    assert 2000 * 1200 > APP_MAX_PIXELS
+    with pytest.raises(AppError, match="megapixel limit"):
+        client.predict(image=handle_file(str(huge)), score_threshold=0.0, api_name="/segment")
+
+    if _download_blocked():  # where the network allows, v2 would simply download (330 MB)
+        with pytest.raises(AppError, match="could not be downloaded"):
+            client.predict(
+                image=handle_file(str(small_images["bear"])), model="maskrcnn_resnet50_fpn_v2",
+                score_threshold=0.0, api_name="/segment",
+            )
+
+    tiny = tmp_path / "tiny.jpg"
+    with Image.open(small_images["tennis"]) as im:
+        im.resize((96, 72)).save(tiny)
+    overlay, table, _, status, bundle = client.predict(
+        image=handle_file(str(tiny)), score_threshold=0.0, api_name="/segment"
+    )
+    with Image.open(overlay) as drawn:
+        assert drawn.size == (96, 72)
+    assert "Objects:" in status and Path(bundle).is_file()
+
+
+def test_fresh_machine_app_starts_offline_and_segments_with_the_demo_model(tmp_path):
+    """`python app.py` with no COCO weights and no network: one notice, then the shapes demo works."""
+    from maskseg.models import DEMO_CHECKPOINT
+
+    require_or_skip(DEMO_CHECKPOINT.is_file(), f"the offline demo checkpoint {DEMO_CHECKPOINT} is not built yet")
+    examples = sorted((REPO_ROOT / "assets" / "examples").glob("shapes_*.png"))
+    require_or_skip(bool(examples), "no synthetic shapes example in assets/examples")
+    port = free_port()
+    env = {
+        **os.environ,
+        "TORCH_HOME": str(tmp_path / "empty_torch_home"),
+        # A dead proxy: torchvision's download fails at once, as on a machine with no network.
+        "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+        "http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+        "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost",
+        "MASKSEG_PORT": str(port), "MASKSEG_MODEL": "auto", "MASKSEG_DEVICE": "cpu",
+        "MASKSEG_CHECKPOINTS_DIR": str(tmp_path / "checkpoints"),
+    }
+    log = tmp_path / "app.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, f"app.py exited early:\n{log.read_text()}"
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, f"app.py did not answer within 180 s:\n{log.read_text()}"
+            time.sleep(1)
+        text = log.read_text()
+        assert text.count("could not be downloaded") == 1, text
+        assert "Shapes demo" in text
+
+        from gradio_client import Client, handle_file
+
+        client = Client(url, verbose=False)
+        _, table, _, status, _ = client.predict(
+            image=handle_file(str(examples[0])), model="shapes-demo", score_threshold=0.5, api_name="/segment"
+        )
+        assert table["data"], f"the shapes demo found nothing in {examples[0].name}: {status}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
