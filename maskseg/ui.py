@@ -119,7 +119,8 @@ def table_frame(rows: list[list], columns: list[str] = TABLE_COLUMNS):
         styles[id_col] = f"background-color: {color_hex(int(row.iloc[id_col]))}; font-weight: bold"
         return styles
 
-    return frame.style.apply(paint, axis=1)
+    formats = {"score": "{:.3f}", "x1": "{:.1f}", "y1": "{:.1f}", "x2": "{:.1f}", "y2": "{:.1f}", "area_pct": "{:.2f}"}
+    return frame.style.apply(paint, axis=1).format({k: v for k, v in formats.items() if k in frame.columns})
 
 
 def about_markdown(model_value: str, config: AppConfig) -> str:
