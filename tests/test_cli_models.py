@@ -1,0 +1,151 @@
+"""`python -m maskseg predict|models`: bundles, exit codes, failures named; weights and checkpoints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from maskseg.checkpoint import Checkpoint, save_checkpoint
+from maskseg.errors import CheckpointError, WeightsMissingError
+from maskseg.verify import check_bundle
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_IMAGES = REPO.parent / "shared" / "data" / "demo_images"
+
+
+def run_cli(*args: str, torch_home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TORCH_HOME": str(torch_home), "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "maskseg", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """A folder with two small real photos and one file that is not an image."""
+    folder = tmp_path_factory.mktemp("inputs")
+    for name in ("000000000285.jpg", "000000006723.jpg"):
+        image = Image.open(DEMO_IMAGES / name)
+        image.thumbnail((256, 256))
+        image.save(folder / name)
+    (folder / "broken.jpg").write_text("not an image")
+    return folder
+
+
+def test_predict_writes_a_bundle_per_image_and_names_the_failure(inputs, random_weights_home, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = run_cli("predict", str(inputs), "--out", str(out), "--threshold", "0", "--max-detections", "4",
+                     torch_home=random_weights_home)
+    assert result.returncode == 1, result.stderr
+    assert "broken.jpg" in result.stderr and "is not an image" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Segmented 2 of 3 inputs" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["000000000285", "000000006723"]
+    for bundle in out.iterdir():
+        assert check_bundle(bundle).num_instances == 4
+
+
+def test_predict_all_good_exits_zero_with_class_filter(inputs, random_weights_home, tmp_path) -> None:
+    photo = inputs / "000000000285.jpg"
+    result = run_cli("predict", str(photo), "--out", str(tmp_path), "--threshold", "0", "--classes", "person,dog",
+                     "--max-detections", "3", "--no-boxes", torch_home=random_weights_home)
+    assert result.returncode == 0, result.stderr
+    assert "000000000285.jpg:" in result.stdout
+    assert set(check_bundle(tmp_path / "000000000285").class_names) <= {"person", "dog"}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["predict", "x.jpg", "--out", "o", "--threshold", "2"], "not between 0 and 1"),
+        (["predict", "x.jpg"], "--out"),
+        (["predict", "x.jpg", "--out", "o", "--batch-size", "0"], "less than 1"),
+        (["nonsense"], "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_two(args, message, tmp_path) -> None:
+    result = run_cli(*args, torch_home=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_missing_weights_give_one_sentence_and_exit_one(inputs, tmp_path) -> None:
+    empty_home = tmp_path / "empty_home"
+    result = run_cli("predict", str(inputs / "000000000285.jpg"), "--out", str(tmp_path / "o"), "--model", "v1",
+                     torch_home=empty_home)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+    line = error_lines[0]
+    assert "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth" in line
+    assert str(empty_home / "hub" / "checkpoints") in line
+    assert "--checkpoint" in line
+
+
+def test_missing_weights_raise_the_user_error_in_python(tmp_path, monkeypatch) -> None:
+    from maskseg.models import clear_model_cache, load_model
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    clear_model_cache()
+    with pytest.raises(WeightsMissingError, match="maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth"):
+        load_model("v2", device="cpu")
+    clear_model_cache()
+
+
+def test_models_lists_each_model_and_whether_its_weights_are_here(random_weights_home) -> None:
+    result = run_cli("models", torch_home=random_weights_home)
+    assert result.returncode == 0
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[2:]}
+    assert "37.9" in lines["maskrcnn_resnet50_fpn"] and "34.6" in lines["maskrcnn_resnet50_fpn"]
+    assert "here" in lines["maskrcnn_resnet50_fpn"]
+    assert "47.4" in lines["maskrcnn_resnet50_fpn_v2"] and "missing" in lines["maskrcnn_resnet50_fpn_v2"]
+
+
+def test_auto_picks_v1_on_cpu() -> None:
+    from maskseg.models import resolve_model_name
+
+    assert resolve_model_name("auto", torch.device("cpu")) == "maskrcnn_resnet50_fpn"
+    assert resolve_model_name("auto", torch.device("cuda")) == "maskrcnn_resnet50_fpn_v2"
+
+
+def test_checkpoint_loads_with_its_class_names(tmp_path) -> None:
+    from maskseg.models import build_architecture
+    from maskseg.segmenter import Segmenter
+
+    torch.manual_seed(0)
+    network = build_architecture("maskrcnn_resnet50_fpn", num_classes=3)
+    path = save_checkpoint(
+        Checkpoint("maskrcnn_resnet50_fpn", ["__background__", "circle", "square"], network.state_dict()),
+        tmp_path / "shapes.pt", half=True,
+    )
+    segmenter = Segmenter(checkpoint=path, device="cpu")
+    assert segmenter.class_names == ["circle", "square"]
+    image = torch.rand(3, 96, 128).mul(255).byte().permute(1, 2, 0).numpy()
+    prediction = segmenter.predict_one(image, score_threshold=0.0, max_detections=5)
+    assert {i.class_name for i in prediction.instances} <= {"circle", "square"}
+
+
+def test_untrusted_or_foreign_checkpoints_are_refused_clearly(tmp_path) -> None:
+    from maskseg.models import load_model
+
+    class Sneaky:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": Sneaky()}, evil)
+    with pytest.raises(CheckpointError, match="could not be read as a safe PyTorch file"):
+        load_model(checkpoint=evil, device="cpu")
+    foreign = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(1)}, foreign)
+    with pytest.raises(CheckpointError, match="is not a maskseg checkpoint"):
+        load_model(checkpoint=foreign, device="cpu")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(checkpoint=tmp_path / "nope.pt", device="cpu")
