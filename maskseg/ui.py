@@ -300,8 +300,8 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
         ]
         view_outputs = [overlay_out, table, legend, status, session]
 
-        def view_values(result: SessionResult, controls: Controls):
-            view = render_view(result.base, controls)
+        def view_values(result: SessionResult, controls: Controls, live: bool = False):
+            view = render_view(result.base, controls, preview=result.preview_base() if live else None)
             return view, (view.overlay, table_frame(view.rows), view.legend_html, view.status, result)
 
         def segment(
@@ -319,6 +319,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
                 loaded = load_image(image, name=Path(str(image)).name, max_pixels=config.max_pixels)
                 result = SessionResult(model, _predict_one(model, config, loaded, controls))
                 view, values = view_values(result, controls)
+                result.preview_base()  # ready for the first slider move
                 zip_path = write_bundle_zip(
                     view.prediction, fresh_output_path(f"{view.prediction.image_stem}_maskseg"),
                     controls.render_options,
@@ -337,7 +338,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
                     base = _predict_one(result.model_value, config, result.base.image, controls)
                     base.image_name = result.base.image_name
                     result = SessionResult(result.model_value, base)
-                return view_values(result, controls)[1]
+                return view_values(result, controls, live=True)[1]
             except MaskSegError as exc:
                 raise _user_error(exc) from exc
 

@@ -12,10 +12,11 @@ import tempfile
 import threading
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
+import cv2
 import numpy as np
 
 from maskseg.errors import ImageLoadError, MaskSegError, WeightsMissingError
@@ -76,10 +77,21 @@ class Controls:
 
 @dataclass
 class SessionResult:
-    """The per-session cache: the network's full answer for one image, kept down to its floor."""
+    """The per-session cache: the network's full answer for one image, kept down to its floor.
+
+    `preview` is the same answer on a copy of the photo no larger than PREVIEW_MAX_SIDE: live
+    re-renders draw on it (the browser shows the overlay smaller than that anyway), while the
+    table, the /segment API and the download always use the full-resolution prediction.
+    """
 
     model_value: str
     base: Prediction
+    preview: Prediction | None = None
+
+    def preview_base(self) -> Prediction:
+        if self.preview is None:
+            self.preview = preview_prediction(self.base)
+        return self.preview
 
 
 @dataclass
@@ -222,11 +234,43 @@ def legend_html(pred: Prediction) -> str:
     return "<div class='maskseg-legend'>" + "".join(chips) + "</div>"
 
 
-def render_view(base: Prediction, controls: Controls) -> View:
-    """Filter the cached prediction, draw the overlay, build table, legend and status."""
+def render_view(base: Prediction, controls: Controls, preview: Prediction | None = None) -> View:
+    """Filter the cached prediction, draw the overlay, build table, legend and status.
+
+    With `preview` (the same prediction on a smaller copy of the photo) the overlay is drawn on it;
+    table, legend and status always come from the full-resolution prediction.
+    """
     pred = apply_controls(base, controls)
-    overlay = render_overlay(pred, controls.render_options)
+    drawn = pred if preview is None else apply_controls(preview, controls)
+    overlay = render_overlay(drawn, controls.render_options)
     return View(pred, overlay, pred.table_rows(), legend_html(pred), status_line(pred, controls.score_threshold))
+
+
+PREVIEW_MAX_SIDE = 1280
+
+
+def preview_prediction(pred: Prediction, max_side: int = PREVIEW_MAX_SIDE) -> Prediction:
+    """The same detections on a copy of the photo whose long side is at most `max_side`.
+
+    Boxes are scaled; masks are pasted from the head's small probabilities at the preview size on
+    demand, exactly as at full size, so drawing costs the preview's pixels, not the photo's.
+    """
+    scale = max_side / max(pred.height, pred.width)
+    if scale >= 1.0:
+        return pred
+    size = (max(1, round(pred.width * scale)), max(1, round(pred.height * scale)))
+    small = cv2.resize(pred.image, size, interpolation=cv2.INTER_AREA)
+    sx, sy = size[0] / pred.width, size[1] / pred.height
+    instances = [
+        replace(inst, box=(inst.box[0] * sx, inst.box[1] * sy, inst.box[2] * sx, inst.box[3] * sy))
+        for inst in pred.instances
+    ]
+    return Prediction(
+        image=small, image_name=pred.image_name, instances=instances, score_floor=pred.score_floor,
+        score_threshold=pred.score_threshold, mask_threshold=pred.mask_threshold,
+        model_title=pred.model_title, device_name=pred.device_name,
+        inference_seconds=pred.inference_seconds, class_names=pred.class_names,
+    )
 
 
 # ---------------------------------------------------------------- downloads
