@@ -237,7 +237,7 @@ def train(
     if show_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total_steps if not config.max_minutes else None, initial=step, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)  # a time budget may end it sooner
     network.train()
     try:
         while epoch < config.epochs and progress_fraction() < 1.0:
@@ -267,6 +267,8 @@ def train(
                 for k, v in values.items():  # smoothed for the bar; the CSV keeps the raw values
                     running[k] = v if k not in running else 0.9 * running[k] + 0.1 * v
                 writer.writerow([step, epoch, f"{lr:.6g}", f"{elapsed():.1f}", f"{values['loss']:.5f}", *(f"{values.get(k, 0):.5f}" for k in LOSS_KEYS)])
+                if step % 20 == 0:
+                    csv_file.flush()  # so the curve can be watched while it trains
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{running['loss']:.3f}", cls=f"{running.get('loss_classifier', 0):.3f}", mask=f"{running.get('loss_mask', 0):.3f}", ep=epoch)
