@@ -22,16 +22,18 @@ FORMATS = ("auto", "coco", "panoptic", "yolo", "masks")
 
 # The contiguous COCO-80 order YOLO-seg label files use (Ultralytics coco128-seg), used when a
 # YOLO dataset ships no yaml with its class names.
-COCO80_NAMES = (
-    "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant "
-    "stop_sign parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe "
-    "backpack umbrella handbag tie suitcase frisbee skis snowboard sports_ball kite baseball_bat "
-    "baseball_glove skateboard surfboard tennis_racket bottle wine_glass cup fork knife spoon bowl "
-    "banana apple sandwich orange broccoli carrot hot_dog pizza donut cake chair couch "
-    "potted_plant bed dining_table toilet tv laptop mouse remote keyboard cell_phone microwave "
-    "oven toaster sink refrigerator book clock vase scissors teddy_bear hair_drier toothbrush"
-).replace("_", "~").split()
-COCO80_NAMES = tuple(name.replace("~", " ") for name in COCO80_NAMES)
+COCO80_NAMES: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)
 
 
 @dataclass
@@ -367,7 +369,7 @@ def detect_format(path: Path) -> str:
         return "panoptic" if "segments_info" in anns[0] else "coco"
     if (path / "annotations.json").is_file():
         return "coco"
-    if list((path / "panoptic").glob("*.json")) if (path / "panoptic").is_dir() else False:
+    if (path / "panoptic").is_dir() and any((path / "panoptic").glob("*.json")):
         return "panoptic"
     if (path / "labels").is_dir() and (path / "images").is_dir():
         return "yolo"
