@@ -117,7 +117,7 @@ def model_choices(config: AppConfig) -> list[tuple[str, str]]:
     choices: list[tuple[str, str]] = []
     for name, label in ZOO_LABELS.items():
         on_disk = ZOO[name].weights_path.is_file()
-        choices.append((label if on_disk else f"{label} (downloads on first use)", name))
+        choices.append((label if on_disk else f"{label} (not downloaded yet)", name))
     choices.append((DEMO_LABEL if DEMO_CHECKPOINT.is_file() else f"{DEMO_LABEL} (missing)", DEMO_MODEL_NAME))
     seen: set[str] = set()
     paths: list[Path] = []

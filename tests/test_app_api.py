@@ -111,6 +111,47 @@ def test_batch_skips_a_non_image_and_finishes_the_rest(client, small_images, tmp
         check_bundle(tmp_path / "unzipped" / stem)
 
 
+def test_model_menu_lists_checkpoints_and_loads_them(tmp_path):
+    """Every checkpoints/*.pt is offered (the Train tab saves there) and loads by its path."""
+    import torch
+
+    from maskseg.checkpoint import Checkpoint, save_checkpoint
+    from maskseg.models import build_architecture
+    from maskseg.ui_core import AppConfig, make_segmenter, model_choices
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    torch.manual_seed(0)
+    names = ["__background__", "circle", "square", "triangle"]
+    save_checkpoint(Checkpoint("tiny", names, build_architecture("tiny", len(names)).state_dict()), folder / "mine.pt")
+    config = AppConfig(checkpoints_dir=folder)
+    choices = dict((value, label) for label, value in model_choices(config))
+    assert {"maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "shapes-demo"} <= set(choices)
+    assert choices[str(folder / "mine.pt")] == "Checkpoint: mine.pt"
+    assert make_segmenter(str(folder / "mine.pt"), config).class_names == names[1:]
+    (folder / "later.pt").write_bytes((folder / "mine.pt").read_bytes())
+    assert str(folder / "later.pt") in dict((v, l) for l, v in model_choices(config))
+
+
+def test_live_preview_keeps_table_full_resolution(random_weights_home):
+    """Slider re-renders draw on a <=1280 px copy; the table still describes the full photo."""
+    import numpy as np
+
+    from maskseg.ui_core import Controls, preview_prediction, render_view, run_network, make_segmenter, AppConfig
+
+    photo = np.zeros((1600, 2400, 3), dtype=np.uint8)
+    photo[400:1200, 600:1800] = (200, 120, 40)
+    segmenter = make_segmenter("maskrcnn_resnet50_fpn", AppConfig(device="cpu"))
+    base = run_network(segmenter, photo, Controls(score_threshold=0.0))
+    preview = preview_prediction(base)
+    assert max(preview.image.shape[:2]) == 1280 and len(preview.instances) == len(base.instances)
+    controls = Controls(score_threshold=0.0, max_detections=5)
+    live = render_view(base, controls, preview=preview)
+    full = render_view(base, controls)
+    assert live.overlay.shape[:2] == (853, 1280) and full.overlay.shape[:2] == (1600, 2400)
+    assert live.rows == full.rows and live.status == full.status
+
+
 def _download_blocked() -> bool:
     try:
         with socket.create_connection(("download.pytorch.org", 443), timeout=3):
