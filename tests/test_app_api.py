@@ -86,15 +86,19 @@ def test_batch_skips_a_non_image_and_finishes_the_rest(client, small_images, tmp
 
     notes = tmp_path / "notes.txt"
     notes.write_text("this is not a photo")
-    good = [small_images["bear"], small_images["kitchen"]]
+    photos_zip = tmp_path / "photos.zip"  # a zip of images counts too; its non-images are skipped
+    with zipfile.ZipFile(photos_zip, "w") as archive:
+        archive.write(small_images["kitchen"], "holiday/kitchen.jpg")
+        archive.writestr("holiday/readme.txt", "not a photo either")
     gallery, table, bundle, status = client.predict(
-        files=[handle_file(str(good[0])), handle_file(str(notes)), handle_file(str(good[1]))],
+        files=[handle_file(str(small_images["bear"])), handle_file(str(notes)), handle_file(str(photos_zip))],
         model="maskrcnn_resnet50_fpn",
         score_threshold=0.0,
         api_name="/batch",
     )
     assert len(gallery) == 2
-    assert "notes.txt" in status and "Skipped 1" in status and "Segmented 2 images" in status
+    assert "notes.txt" in status and "readme.txt" in status, status
+    assert "Skipped 2" in status and "Segmented 2 images" in status, status
     assert table["headers"][0] == "image"
     per_image: dict[str, list] = {}
     for row in table["data"]:
