@@ -184,13 +184,10 @@ new photo or model runs all six steps again.
 def build_app(config: AppConfig | None = None) -> gr.Blocks:
     """The whole app as gr.Blocks; the launch model is loaded here so the first request is fast."""
     config = config or AppConfig()
-    default_model, notice = startup_model(config)
+    default_model, notice, model_ready = startup_model(config)
     if notice:
         print(f"maskseg: {notice}", flush=True)
-    try:
-        default_classes = make_segmenter(default_model, config).class_names
-    except MaskSegError:
-        default_classes = []
+    default_classes = make_segmenter(default_model, config).class_names if model_ready else []
 
     examples = sorted(str(p) for p in Path(config.examples_dir).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 
@@ -291,7 +288,10 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
 
             # ------------------------------------------------------------ About
             with gr.Tab("About", id="about"):
-                about = gr.Markdown(about_markdown(default_model, config), elem_id="about-text")
+                about = gr.Markdown(
+                    about_markdown(default_model, config) if model_ready else ABOUT_TEXT + f"\n\n{notice}",
+                    elem_id="about-text",
+                )
 
         # ------------------------------------------------------------ handlers
         control_inputs = [

@@ -144,23 +144,24 @@ def make_segmenter(model_value: str, config: AppConfig) -> Segmenter:
     return Segmenter(checkpoint=model_value, device=config.device, max_pixels=config.max_pixels)
 
 
-def startup_model(config: AppConfig) -> tuple[str, str | None]:
+def startup_model(config: AppConfig) -> tuple[str, str | None, bool]:
     """Load the launch model once; fall back to the offline demo when COCO weights cannot be had.
 
-    Returns (dropdown value, notice or None). The notice is the one message a person sees about it.
+    Returns (dropdown value, notice or None, whether a model is loaded). The notice is the one
+    message a person sees about it; nothing retries the download at startup after that.
     """
     if config.checkpoint:
         make_segmenter(str(config.checkpoint), config)  # an explicit checkpoint must load
-        return str(config.checkpoint), None
+        return str(config.checkpoint), None, True
     name = resolve_model_name(config.model, resolve_device(config.device))
     try:
         make_segmenter(name, config)
-        return name, None
+        return name, None, True
     except WeightsMissingError as exc:
         if name != DEMO_MODEL_NAME and DEMO_CHECKPOINT.is_file():
             make_segmenter(DEMO_MODEL_NAME, config)
-            return DEMO_MODEL_NAME, f"{exc} Using the offline {DEMO_LABEL} model instead."
-        return name, str(exc)
+            return DEMO_MODEL_NAME, f"{exc} Using the offline {DEMO_LABEL} model instead.", True
+        return name, str(exc), False
 
 
 # ---------------------------------------------------------------- segment tab

@@ -147,6 +147,22 @@ def test_segment_slide_download_toggle_and_screenshot(browser_page, small_images
     _save_screenshot(page)
 
 
+def _wait_for(condition, page, timeout_s: float = 180) -> None:
+    import time
+
+    deadline = time.time() + timeout_s
+    while not condition():
+        assert time.time() < deadline, "timed out waiting for the app"
+        page.wait_for_timeout(200)
+
+
+def _wait_until_idle(page) -> None:
+    """Until no component shows Gradio's 'processing' tracker (every event and its .then done)."""
+    page.wait_for_timeout(300)
+    page.wait_for_function("() => !document.body.innerText.includes('processing')", timeout=180_000)
+    page.wait_for_timeout(300)
+
+
 def _save_screenshot(page) -> None:
     """docs/screenshot.png for the README: real results from the offline Shapes demo when it is
     built (random COCO weights only give meaningless labels), else the page as it is."""
@@ -154,18 +170,22 @@ def _save_screenshot(page) -> None:
 
     shapes = sorted((REPO_ROOT / "assets" / "examples").glob("shapes_*.png"))
     if DEMO_CHECKPOINT.is_file() and shapes:
+        from maskseg.ui_core import NETWORK_RUNS
+
         _set_threshold(page, 0.5)
+        _wait_until_idle(page)
+        runs = NETWORK_RUNS.count
         page.click("#model input")
         page.get_by_role("option", name="Shapes demo (offline)").click()
+        _wait_for(lambda: NETWORK_RUNS.count > runs, page)  # the new model re-runs the current photo
+        _wait_until_idle(page)
         page.set_input_files("#input-image input[type=file]", str(shapes[0]))
         page.wait_for_selector("#input-image img")
+        runs = NETWORK_RUNS.count
         page.click("#run")
-        page.wait_for_function(
-            "() => { const t = document.querySelector('#status textarea');"
-            " return t && t.value.includes('Shapes demo') && t.value.includes('Inference:'); }",
-            timeout=180_000,
-        )
-        assert _object_count(page) > 0, _status(page)
+        _wait_for(lambda: NETWORK_RUNS.count > runs, page)
+        _wait_until_idle(page)
+        assert "Shapes demo" in _status(page) and _object_count(page) > 0, _status(page)
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000
