@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Web app: slider-move latency (server side)",
         "",
-        f"- Command: `python benchmarks/bench_ui.py --repeats {args.repeats}`",
+        f"- Command: `python benchmarks/bench_ui.py --repeats {args.repeats} --network-repeats {args.network_repeats}"
+        f" --out benchmarks/results/ui.md`",
         f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__} "
         f"with {torch.get_num_threads()} threads, device {segmenter.loaded.device_name}; shared with other jobs",
         f"- Model: {segmenter.loaded.title}, {weights}",
