@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import threading
 from pathlib import Path
 
@@ -31,10 +30,10 @@ def _losses(run_dir: Path) -> list[float]:
 
 
 def test_a_few_steps_lower_the_loss_and_the_checkpoint_round_trips(shapes, tmp_path):
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
     config = TrainConfig(
         data=str(shapes["train"]), val=str(shapes["val"]), out=str(tmp_path / "ck" / "shapes.pt"), epochs=6,
         batch_size=4, warmup_steps=3, run_dir=str(tmp_path / "run"), vertical_flip=True, half=True, title="Test shapes",
+        threads=1,  # one thread: two would stall behind anything else running on a small CPU
     )
     result = train(config, log=lambda _m: None, show_progress=False)
     losses = _losses(tmp_path / "run")
@@ -62,7 +61,7 @@ def test_stop_saves_a_resumable_state_that_continues(shapes, tmp_path):
         if event.kind == "step" and event.step == 3:
             stop.set()  # what Ctrl-C or the app's Stop button does
 
-    common = dict(data=str(shapes["train"]), out=str(tmp_path / "r.pt"), epochs=2, batch_size=4, run_dir=str(tmp_path / "run"), warmup_steps=2)
+    common = dict(data=str(shapes["train"]), out=str(tmp_path / "r.pt"), epochs=2, batch_size=4, run_dir=str(tmp_path / "run"), warmup_steps=2, threads=1)
     first = train(TrainConfig(**common), callback=stop_after_three, stop=stop, log=lambda _m: None, show_progress=False)
     assert first.interrupted and first.steps == 3
     assert (tmp_path / "run" / "resume.pt").is_file()
@@ -104,6 +103,7 @@ def test_transfer_learning_only_when_coco_weights_are_on_disk(tmp_path, monkeypa
 def test_train_tab_session_saves_a_checkpoint_the_app_can_list(tmp_path):
     from maskseg.ui_train import run_training_session
 
+    torch.set_num_threads(1)
     updates = list(
         run_training_session(minutes=0.05, train_images=8, val_images=2, work_dir=tmp_path / "w", checkpoints_dir=tmp_path / "ck", update_every_s=0.5, preview_every_s=0.5)
     )
