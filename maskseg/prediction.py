@@ -106,7 +106,13 @@ class Prediction:
     device_name: str = ""
     inference_seconds: float = 0.0
     class_names: list[str] = field(default_factory=list, repr=False)  # the model's, index = label
+    # Everything the network returned down to score_floor; `instances` is the current view of it.
+    candidates: list[Instance] | None = field(default=None, repr=False)
     _store: _MaskStore = field(default_factory=_MaskStore, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.candidates is None:
+            self.candidates = list(self.instances)
 
     @property
     def height(self) -> int:
@@ -133,9 +139,10 @@ class Prediction:
         max_detections: int | None = None,
         mask_threshold: float | None = None,
     ) -> "Prediction":
-        """A copy keeping instances at or above the threshold, of these classes, at most N of them.
+        """A view keeping candidates at or above the threshold, of these classes, at most N of them.
 
-        Mask crops are shared with this prediction, so re-filtering never pastes a mask twice.
+        Always filters the network's full answer (down to the floor), so a threshold can go down
+        as well as up; mask crops are shared, so re-filtering never pastes a mask twice.
         """
         threshold = self.score_threshold if score_threshold is None else float(score_threshold)
         if not self.can_filter(threshold):
@@ -146,7 +153,7 @@ class Prediction:
         wanted = set(classes) if classes else None
         kept = [
             inst
-            for inst in self.instances
+            for inst in self.candidates
             if inst.score >= threshold and (wanted is None or inst.class_name in wanted)
         ]
         if max_detections is not None:

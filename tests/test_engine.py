@@ -98,6 +98,13 @@ def test_filter_below_the_floor_says_so(segmenter, photo) -> None:
     high = segmenter.predict_one(photo, score_threshold=0.5)
     assert high.score_floor == pytest.approx(0.05)
     assert high.can_filter(0.1) and not high.can_filter(0.01)
+    # Going down from 0.5 to 0.1 brings back exactly what a fresh run at 0.1 finds.
+    lower = high.filter(score_threshold=0.1)
+    fresh = segmenter.predict_one(photo, score_threshold=0.1)
+    assert len(lower.instances) > len(high.instances)
+    assert [(i.id, i.class_name, round(i.score, 5)) for i in lower.instances] == [
+        (i.id, i.class_name, round(i.score, 5)) for i in fresh.instances
+    ]
     with pytest.raises(MaskSegError, match="below 0.05"):
         high.filter(score_threshold=0.01)
 
