@@ -325,6 +325,8 @@ def format_report(result: EvalResult) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dataset = open_dataset(args.data, args.format)
     if args.predictions:
         detections = read_bundles(args.predictions, dataset)
@@ -363,4 +365,5 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="metrics.json", help="where to write the metrics json (default metrics.json)")
     parser.add_argument("--plot", help="precision-recall PNG (default: next to --out)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     parser.set_defaults(handler=_run)
