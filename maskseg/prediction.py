@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -76,7 +77,11 @@ class Instance:
 
 
 class _MaskStore:
-    """Pasted mask crops shared by a prediction and every re-filtered copy of it."""
+    """Pasted mask crops shared by a prediction and every re-filtered view of it.
+
+    Keyed by instance id, which is unique among one prediction's candidates; a Prediction built
+    with other instances must get its own store (the default).
+    """
 
     def __init__(self) -> None:
         self._crops: dict[tuple[int, float], MaskCrop] = {}
@@ -124,8 +129,7 @@ class Prediction:
 
     @property
     def image_stem(self) -> str:
-        from pathlib import Path
-
+        """The image's name without extension: its bundle folder name."""
         return Path(self.image_name).stem or "image"
 
     def can_filter(self, score_threshold: float) -> bool:
