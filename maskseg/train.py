@@ -47,6 +47,9 @@ class TrainConfig:
     data_format: str = "auto"
     run_dir: str | None = None
     title: str | None = None
+    model_options: dict[str, Any] | None = None  # extra MaskRCNN kwargs for the tiny model (sampling sizes)
+    init_from: str | None = None  # a maskseg checkpoint to start from (same architecture)
+    init_prefixes: tuple[str, ...] = ()  # only weights under these names ("backbone."); empty = all that fit
 
     @property
     def learning_rate(self) -> float:
@@ -86,7 +89,9 @@ class TrainResult:
     interrupted: bool = False
 
 
-def build_training_network(architecture: str, num_classes: int, log: Callable[[str], None] = print) -> tuple[nn.Module, str]:
+def build_training_network(
+    architecture: str, num_classes: int, log: Callable[[str], None] = print, **options: Any
+) -> tuple[nn.Module, str]:
     """The network to train: COCO weights with new predictors when on disk, else from scratch (said once)."""
     from maskseg.models import ZOO, build_architecture
 
@@ -110,8 +115,25 @@ def build_training_network(architecture: str, num_classes: int, log: Callable[[s
     if architecture == "tiny":
         message = "training the tiny architecture from scratch"
         log(message)
-        return build_architecture("tiny", num_classes), message
+        return build_architecture("tiny", num_classes, **options), message
     raise MaskSegError(f"Unknown model '{architecture}'; choose tiny, maskrcnn_resnet50_fpn or maskrcnn_resnet50_fpn_v2.")
+
+
+def _initialise_from(network: nn.Module, config: TrainConfig, log: Callable[[str], None]) -> str:
+    """Copy the weights of another checkpoint whose names and shapes fit (transfer learning)."""
+    source = load_checkpoint(config.init_from)
+    if source.architecture != config.model:
+        raise MaskSegError(f"--init-from {config.init_from} is a '{source.architecture}' model, not '{config.model}'.")
+    own = network.state_dict()
+    taken = {
+        k: v for k, v in source.state_dict.items()
+        if k in own and own[k].shape == v.shape and (not config.init_prefixes or k.startswith(config.init_prefixes))
+    }
+    network.load_state_dict(taken, strict=False)
+    what = ", ".join(config.init_prefixes) if config.init_prefixes else "every layer that fits"
+    message = f"starting from {Path(config.init_from).name} ({len(taken)} tensors: {what}); the rest is new"
+    log(message)
+    return message
 
 
 def learning_rate_at(config: TrainConfig, step: int, progress: float) -> float:
@@ -164,7 +186,9 @@ def train(
             raise MaskSegError("The --val dataset's classes differ from the training dataset's.")
     class_names = train_set.class_names
 
-    network, init_message = build_training_network(config.model, len(class_names), log)
+    network, init_message = build_training_network(config.model, len(class_names), log, **(config.model_options or {}))
+    if config.init_from and not config.resume:
+        init_message = _initialise_from(network, config, log)
     network.to(device)
     params = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=1e-4)
@@ -331,6 +355,7 @@ def _run(args: argparse.Namespace) -> int:
         data_format=args.format,
         run_dir=args.run_dir,
         title=args.title,
+        init_from=args.init_from,
     )
     result = train(config)
     summary = ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items() if k.startswith(("mask_ap", "box_ap")))
@@ -360,4 +385,5 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--run-dir", help="folder for losses.csv and resume.pt (default runs/<out name>)")
     parser.add_argument("--title", help="a name for the model, shown in the app's model list")
     parser.add_argument("--resume", nargs="?", const="auto", help="continue from runs/<out name>/resume.pt (or PATH)")
+    parser.add_argument("--init-from", help="start from this checkpoint's weights where names and shapes fit (same architecture)")
     parser.set_defaults(handler=_run)

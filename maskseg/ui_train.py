@@ -22,6 +22,13 @@ CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 DEFAULT_MINUTES = 5.0
 DEFAULT_TRAIN_IMAGES = 400
 DEFAULT_VAL_IMAGES = 40
+DEFAULT_BATCH_SIZE = 4
+DEFAULT_LR = 2e-3
+START_CHOICES = {
+    "Random weights (from scratch)": "scratch",
+    "The demo model's backbone (transfer learning)": "demo-backbone",
+}
+DEFAULT_START = "scratch"
 UPDATE_EVERY_S = 3.0  # how often the page gets a new loss curve and status line
 PREVIEW_EVERY_S = 20.0  # how often the preview re-runs the model being trained
 LOSS_SERIES = {"loss": "total", "loss_classifier": "classifier", "loss_mask": "mask", "loss_objectness": "objectness"}
@@ -123,6 +130,9 @@ def run_training_session(
     checkpoints_dir: str | Path = CHECKPOINTS_DIR,
     update_every_s: float = UPDATE_EVERY_S,
     preview_every_s: float = PREVIEW_EVERY_S,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    lr: float = DEFAULT_LR,
+    start: str = DEFAULT_START,
 ) -> Iterator[tuple[str, pd.DataFrame, np.ndarray | None, str, str | None]]:
     """Yields (status, loss frame, preview image, evaluation report, PR plot path) as training goes on."""
     global _CURRENT
@@ -146,6 +156,8 @@ def run_training_session(
             val=str(folder / "val"),
             out=str(out),
             model="tiny",
+            batch_size=batch_size,
+            lr=lr,
             epochs=10_000,  # the time budget ends the run
             max_minutes=float(minutes),
             seed=int(seed),
@@ -154,6 +166,14 @@ def run_training_session(
             run_dir=str(folder / "run"),
             title=f"Shapes, tiny, {minutes:g} min ({stamp})",
         )
+        if start == "demo-backbone":
+            from maskseg.models import DEMO_CHECKPOINT
+
+            if not DEMO_CHECKPOINT.is_file():
+                raise MaskSegError(f"The demo model {DEMO_CHECKPOINT} is missing; start from random weights instead.")
+            # like starting from ImageNet features: trunk and FPN come from the demo, every head is new
+            config.init_from = str(DEMO_CHECKPOINT)
+            config.init_prefixes = ("backbone.",)
         run = LiveRun()
         _CURRENT = run
 
@@ -242,6 +262,10 @@ def build_train_tab() -> None:
             minutes = gr.Slider(1, 30, value=DEFAULT_MINUTES, step=1, label="Minutes of training", elem_id="train-minutes")
             train_images = gr.Slider(40, 2000, value=DEFAULT_TRAIN_IMAGES, step=20, label="Synthetic training images", elem_id="train-images")
             val_images = gr.Slider(10, 200, value=DEFAULT_VAL_IMAGES, step=10, label="Validation images", elem_id="train-val-images")
+            start_from = gr.Radio(
+                list(START_CHOICES), value=next(k for k, v in START_CHOICES.items() if v == DEFAULT_START),
+                label="Start from", elem_id="train-start-from",
+            )
             seed = gr.Number(value=0, precision=0, label="Seed", elem_id="train-seed")
             name = gr.Textbox(label="Checkpoint name (optional)", placeholder="shapes-tiny-5min-<time>", elem_id="train-name")
             with gr.Row():
@@ -257,15 +281,18 @@ def build_train_tab() -> None:
         report = gr.Markdown(elem_id="train-report")
         pr_plot = gr.Image(label="Precision–recall (IoU 0.5)", format="png", interactive=False, elem_id="train-pr")
 
-    def run(minutes_value: float, train_value: float, val_value: float, seed_value: float, name_value: str):
+    def run(minutes_value: float, train_value: float, val_value: float, start_value: str, seed_value: float, name_value: str):
         try:
-            yield from run_training_session(float(minutes_value), int(train_value), int(val_value), int(seed_value or 0), name_value or "")
+            yield from run_training_session(
+                float(minutes_value), int(train_value), int(val_value), int(seed_value or 0), name_value or "",
+                start=START_CHOICES.get(start_value, "scratch"),
+            )
         except MaskSegError as exc:
             raise gr.Error(str(exc)) from exc
 
     start.click(
         run,
-        inputs=[minutes, train_images, val_images, seed, name],
+        inputs=[minutes, train_images, val_images, start_from, seed, name],
         outputs=[status, curve, preview, report, pr_plot],
         api_name="train",
         concurrency_limit=1,

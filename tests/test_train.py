@@ -115,3 +115,21 @@ def test_train_tab_session_saves_a_checkpoint_the_app_can_list(tmp_path):
     assert "mask" in report and Path(plot).is_file()
     assert set(frame.columns) == {"step", "loss", "series"}
     assert load_checkpoint(saved[0]).settings["title"].startswith("Shapes, tiny")
+
+
+def test_init_from_copies_only_the_chosen_layers(tmp_path):
+    from maskseg.checkpoint import Checkpoint, save_checkpoint
+    from maskseg.models import build_architecture
+    from maskseg.train import _initialise_from
+
+    torch.manual_seed(1)
+    source = build_architecture("tiny", 6)
+    path = save_checkpoint(Checkpoint("tiny", ["__background__", *SHAPE_CLASSES], source.state_dict()), tmp_path / "src.pt")
+    torch.manual_seed(2)
+    target = build_architecture("tiny", 6)
+    config = TrainConfig(data="unused", out="unused", init_from=str(path), init_prefixes=("backbone.",))
+    message = _initialise_from(target, config, log=lambda _m: None)
+    assert "backbone." in message
+    mine, theirs = target.state_dict(), source.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine if k.startswith("backbone."))
+    assert not torch.equal(mine["roi_heads.box_predictor.cls_score.weight"], theirs["roi_heads.box_predictor.cls_score.weight"])
