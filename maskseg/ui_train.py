@@ -28,7 +28,7 @@ START_CHOICES = {
     "Random weights (from scratch)": "scratch",
     "The demo model's backbone (transfer learning)": "demo-backbone",
 }
-DEFAULT_START = "scratch"
+DEFAULT_START = "demo-backbone"  # from scratch, 5 CPU minutes reach only about AP50 0.25 (benchmarks/results/shapes-demo.md)
 UPDATE_EVERY_S = 3.0  # how often the page gets a new loss curve and status line
 PREVIEW_EVERY_S = 20.0  # how often the preview re-runs the model being trained
 LOSS_SERIES = {"loss": "total", "loss_classifier": "classifier", "loss_mask": "mask", "loss_objectness": "objectness"}
@@ -255,7 +255,9 @@ def build_train_tab() -> None:
     gr.Markdown(
         "Train the small **tiny** Mask R-CNN on synthetic shapes, right here on this machine. "
         "Watch the loss fall and the preview improve; the result is saved under `checkpoints/` "
-        "and appears in the Segment tab's model list."
+        "and appears in the Segment tab's model list. By default it starts from the offline demo "
+        "model's backbone with new heads (transfer learning, the way real models start from COCO or "
+        "ImageNet weights); from random weights it learns too, but 5 CPU minutes give only rough masks."
     )
     with gr.Row():
         with gr.Column(scale=1):
