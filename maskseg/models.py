@@ -260,6 +260,13 @@ def load_model(
         return loaded
 
 
+def forget_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> None:
+    """Drop one checkpoint's model from the cache (the Train tab's short-lived preview models)."""
+    key = (str(Path(checkpoint).resolve()), str(resolve_device(device)))
+    with _CACHE_LOCK:
+        _CACHE.pop(key, None)
+
+
 def clear_model_cache() -> None:
     """Forget every loaded model (tests use this between TORCH_HOME changes)."""
     with _CACHE_LOCK:

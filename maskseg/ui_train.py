@@ -103,6 +103,14 @@ class PreviewModel:
         prediction = self.segmenter.predict_one(str(image_path), score_threshold=score_threshold)
         return render_overlay(prediction, RenderOptions())
 
+    def close(self) -> None:
+        """Release the preview network from the engine's process-wide model cache."""
+        if self.segmenter is not None:
+            from maskseg.models import forget_model
+
+            forget_model(self.path, device="cpu")
+            self.segmenter = None
+
 
 def _status(run: LiveRun, minutes: float, phase: str) -> str:
     event = run.last_event
@@ -136,6 +144,7 @@ def run_training_session(
 ) -> Iterator[tuple[str, pd.DataFrame, np.ndarray | None, str, str | None]]:
     """Yields (status, loss frame, preview image, evaluation report, PR plot path) as training goes on."""
     global _CURRENT
+    previews: list[PreviewModel] = []  # closed in `finally`, even when the page is left mid-run
     if minutes <= 0 or train_images < 4 or val_images < 1:
         raise MaskSegError("Train for more than 0 minutes on at least 4 training and 1 validation image.")
     if not _RUN_LOCK.acquire(blocking=False):
@@ -186,6 +195,7 @@ def run_training_session(
         thread = threading.Thread(target=work, name="maskseg-train", daemon=True)
         thread.start()
         preview = PreviewModel(folder)
+        previews.append(preview)
         preview_array: np.ndarray | None = None
         last_preview = time.monotonic()
         while thread.is_alive():
@@ -215,6 +225,8 @@ def run_training_session(
         )
         yield done, _loss_frame(run.rows), preview_array, report, plot
     finally:
+        for preview in previews:
+            preview.close()
         _CURRENT = None
         _RUN_LOCK.release()
 
