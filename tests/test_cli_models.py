@@ -16,7 +16,7 @@ from maskseg.errors import CheckpointError, WeightsMissingError
 from maskseg.verify import check_bundle
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_IMAGES = REPO.parent / "shared" / "data" / "demo_images"
+EXAMPLES = REPO / "assets" / "examples"
 
 
 def run_cli(*args: str, torch_home: Path) -> subprocess.CompletedProcess:
@@ -30,8 +30,8 @@ def run_cli(*args: str, torch_home: Path) -> subprocess.CompletedProcess:
 def inputs(tmp_path_factory) -> Path:
     """A folder with two small real photos and one file that is not an image."""
     folder = tmp_path_factory.mktemp("inputs")
-    for name in ("000000000285.jpg", "000000006723.jpg"):
-        image = Image.open(DEMO_IMAGES / name)
+    for name in ("bear.jpg", "street.jpg"):
+        image = Image.open(EXAMPLES / name)
         image.thumbnail((256, 256))
         image.save(folder / name)
     (folder / "broken.jpg").write_text("not an image")
@@ -46,18 +46,18 @@ def test_predict_writes_a_bundle_per_image_and_names_the_failure(inputs, random_
     assert "broken.jpg" in result.stderr and "is not an image" in result.stderr
     assert "Traceback" not in result.stderr
     assert "Segmented 2 of 3 inputs" in result.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["000000000285", "000000006723"]
+    assert sorted(p.name for p in out.iterdir()) == ["bear", "street"]
     for bundle in out.iterdir():
         assert check_bundle(bundle).num_instances == 4
 
 
 def test_predict_all_good_exits_zero_with_class_filter(inputs, random_weights_home, tmp_path) -> None:
-    photo = inputs / "000000000285.jpg"
+    photo = inputs / "bear.jpg"
     result = run_cli("predict", str(photo), "--out", str(tmp_path), "--threshold", "0", "--classes", "person,dog",
                      "--max-detections", "3", "--no-boxes", torch_home=random_weights_home)
     assert result.returncode == 0, result.stderr
-    assert "000000000285.jpg:" in result.stdout
-    assert set(check_bundle(tmp_path / "000000000285").class_names) <= {"person", "dog"}
+    assert "bear.jpg:" in result.stdout
+    assert set(check_bundle(tmp_path / "bear").class_names) <= {"person", "dog"}
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,7 @@ def test_usage_errors_exit_two(args, message, tmp_path) -> None:
 
 def test_missing_weights_give_one_sentence_and_exit_one(inputs, tmp_path) -> None:
     empty_home = tmp_path / "empty_home"
-    result = run_cli("predict", str(inputs / "000000000285.jpg"), "--out", str(tmp_path / "o"), "--model", "v1",
+    result = run_cli("predict", str(inputs / "bear.jpg"), "--out", str(tmp_path / "o"), "--model", "v1",
                      torch_home=empty_home)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr

@@ -20,6 +20,7 @@ from maskseg.data import (
     default_transforms,
     open_dataset,
 )
+from conftest import require_or_skip
 from maskseg.errors import MaskSegError
 from maskseg.synth import SynthOptions, generate_dataset
 
@@ -63,8 +64,8 @@ def test_coco_loader_reads_polygons(tmp_path):
     assert inst.masks[0].sum() == 300  # COCO's rasteriser: 20 x 15 pixels
 
 
-@pytest.mark.skipif(not PANOPTIC_JSON.is_file(), reason="shared COCO panoptic sample not present")
 def test_panoptic_loader_matches_json_areas_and_keeps_crowd_flags():
+    require_or_skip(PANOPTIC_JSON.is_file(), f"shared COCO panoptic sample not at {PANOPTIC_JSON}")
     dataset = open_dataset(PANOPTIC_JSON)
     assert isinstance(dataset, PanopticDataset)
     assert len(dataset.class_names) == 81 and dataset.class_names[1] == "person"
@@ -91,8 +92,8 @@ def _shoelace(xy: np.ndarray) -> float:
     return 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
 
 
-@pytest.mark.skipif(not COCO128.is_dir(), reason="shared coco128-seg sample not present")
 def test_yolo_loader_rasterises_its_polygons():
+    require_or_skip(COCO128.is_dir(), f"shared coco128-seg sample not at {COCO128}")
     dataset = open_dataset(COCO128)
     assert isinstance(dataset, YoloSegDataset)
     assert dataset.class_names[1:] == list(COCO80_NAMES) and dataset.class_names[1] == "person"

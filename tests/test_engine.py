@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,16 +17,13 @@ from maskseg.export import write_batch_zip, write_bundle, write_bundle_zip
 from maskseg.render import RenderOptions, instance_color, render_overlay
 from maskseg.verify import check_bundle
 
-PHOTO = "/work/shared/data/demo_images/000000000285.jpg"
+PHOTO = Path(__file__).resolve().parent.parent / "assets" / "examples" / "bear.jpg"
 
 
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory) -> str:
-    """A real photo (bear), shrunk to 320 px wide to keep the CPU tests quick."""
-    from pathlib import Path
-
-    source = Path(__file__).resolve().parents[2] / "shared" / "data" / "demo_images" / "000000000285.jpg"
-    image = Image.open(source if source.exists() else PHOTO)
+    """A real photo (bear, COCO val2017), shrunk to 320 px wide to keep the CPU tests quick."""
+    image = Image.open(PHOTO)
     image.thumbnail((320, 320))
     path = tmp_path_factory.mktemp("photo") / "bear.jpg"
     image.save(path)
