@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from maskseg.errors import MaskSegError
+from maskseg.errors import MaskSegError, UsageError
 from maskseg.images import DEFAULT_MAX_PIXELS, LoadedImage, is_image_path, load_image
 
 # Modules that add their own subcommand through add_cli(subparsers).
@@ -110,7 +110,7 @@ def run_predict(args: argparse.Namespace) -> int:
     """Segment every input, write bundles, name each failure; exit 1 if any input failed."""
     from tqdm import tqdm
 
-    from maskseg.export import write_bundle
+    from maskseg.export import FolderNamer, write_bundle
     from maskseg.render import RenderOptions
     from maskseg.segmenter import Segmenter
 
@@ -127,7 +127,7 @@ def run_predict(args: argparse.Namespace) -> int:
         boxes=not args.no_boxes, labels=not args.no_labels,
     )
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-    used_stems: dict[str, int] = {}
+    folders = FolderNamer()
     objects = written = 0
     started = time.perf_counter()
     bar = tqdm(total=len(files), unit="image", disable=len(files) < 2, file=sys.stderr)
@@ -147,10 +147,7 @@ def run_predict(args: argparse.Namespace) -> int:
             classes=classes or None, max_detections=args.max_detections, batch_size=len(batch),
         )
         for prediction in predictions:
-            stem = prediction.image_stem
-            used_stems[stem] = used_stems.get(stem, 0) + 1
-            folder = stem if used_stems[stem] == 1 else f"{stem}_{used_stems[stem]}"
-            write_bundle(prediction, args.out / folder, options)
+            write_bundle(prediction, args.out / folders.name(prediction.image_stem), options)
             objects += len(prediction.instances)
             written += 1
             if len(files) == 1:
@@ -195,6 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
+    except UsageError as exc:  # a wrong setting, like argparse's own usage errors
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except MaskSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

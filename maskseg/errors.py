@@ -15,3 +15,7 @@ class WeightsMissingError(MaskSegError):
 
 class CheckpointError(MaskSegError):
     """A checkpoint file is missing, unreadable or not a maskseg checkpoint."""
+
+
+class UsageError(MaskSegError):
+    """A setting is wrong (unknown model, class or device, a value out of range): CLI exit code 2."""

@@ -139,15 +139,26 @@ def write_bundle_zip(prediction: Prediction, zip_path: str | Path, options: Rend
     return write_batch_zip([prediction], zip_path, options, folders=False)
 
 
+class FolderNamer:
+    """Bundle folder names: the image stem, or stem_2, stem_3... when that name is taken."""
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+
+    def name(self, stem: str) -> str:
+        candidate, k = stem, 1
+        # Check every candidate, not just the stem: inputs a, a and a_2 must not share a folder.
+        while candidate in self._used:
+            k += 1
+            candidate = f"{stem}_{k}"
+        self._used.add(candidate)
+        return candidate
+
+
 def unique_stems(predictions: Sequence[Prediction]) -> list[str]:
-    """Bundle folder names: image stems, with _2, _3... when two inputs share a stem."""
-    seen: dict[str, int] = {}
-    stems = []
-    for pred in predictions:
-        stem = pred.image_stem
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return stems
+    """Distinct bundle folder names for these predictions, in order."""
+    namer = FolderNamer()
+    return [namer.name(pred.image_stem) for pred in predictions]
 
 
 def write_batch_zip(

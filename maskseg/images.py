@@ -83,22 +83,23 @@ def _check_pixel_count(width: int, height: int, label: str, max_pixels: int) -> 
 
 
 def _open_and_convert(handle: Any, label: str, max_pixels: int) -> np.ndarray:
-    # Pillow's own bomb check would fire at its global limit; we check our configurable limit
-    # on the header before decoding a single pixel instead.
+    # Our own configurable limit is checked on the header, before a pixel is decoded; Pillow's
+    # global guard stays as it is (changing it would race between threads) and only speaks for
+    # images past twice its own limit, which are over ours too unless the limit was raised.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        previous_limit = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
         try:
-            try:
-                image = Image.open(handle)
-            except UnidentifiedImageError:
-                raise ImageLoadError(f"{label} is not an image file Pillow can read.") from None
-            except OSError as exc:
-                raise ImageLoadError(f"{label} could not be opened as an image ({exc}).") from None
-            return _pil_to_rgb(image, label, max_pixels)
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous_limit
+            image = Image.open(handle)
+        except Image.DecompressionBombError:
+            raise ImageLoadError(
+                f"{label} is larger than Pillow will open ({2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels); "
+                "shrink it first."
+            ) from None
+        except UnidentifiedImageError:
+            raise ImageLoadError(f"{label} is not an image file Pillow can read.") from None
+        except OSError as exc:
+            raise ImageLoadError(f"{label} could not be opened as an image ({exc}).") from None
+        return _pil_to_rgb(image, label, max_pixels)
 
 
 def _pil_to_rgb(image: Image.Image, label: str, max_pixels: int) -> np.ndarray:

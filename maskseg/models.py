@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.models import detection
 
 from maskseg.checkpoint import load_checkpoint
-from maskseg.errors import CheckpointError, MaskSegError, WeightsMissingError
+from maskseg.errors import CheckpointError, UsageError, WeightsMissingError
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 DEMO_CHECKPOINT = ASSETS_DIR / "shapes-demo.pt"
@@ -112,11 +112,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MaskSegError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu.")
+        raise UsageError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu.")
     try:
         return torch.device(device)
     except RuntimeError as exc:
-        raise MaskSegError(f"Unknown device '{device}'; use auto, cpu or cuda.") from exc
+        raise UsageError(f"Unknown device '{device}'; use auto, cpu or cuda.") from exc
 
 
 def resolve_model_name(model: str | None, device: torch.device) -> str:
@@ -128,7 +128,7 @@ def resolve_model_name(model: str | None, device: torch.device) -> str:
     if model in ZOO or model == DEMO_MODEL_NAME:
         return model
     choices = ", ".join(["auto", *ALIASES, *ZOO, DEMO_MODEL_NAME])
-    raise MaskSegError(f"Unknown model '{model}'; choose one of: {choices} (or pass --checkpoint PATH).")
+    raise UsageError(f"Unknown model '{model}'; choose one of: {choices} (or pass --checkpoint PATH).")
 
 
 def build_architecture(architecture: str, num_classes: int, **kwargs: Any) -> nn.Module:
@@ -260,11 +260,13 @@ def load_model(
         return loaded
 
 
-def forget_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> None:
-    """Drop one checkpoint's model from the cache (the Train tab's short-lived preview models)."""
-    key = (str(Path(checkpoint).resolve()), str(resolve_device(device)))
+def forget_model(checkpoint: str | Path) -> None:
+    """Drop a checkpoint's models (on every device) from the cache: after it is overwritten, or
+    when a short-lived one such as the Train tab's preview is done."""
+    path = str(Path(checkpoint).resolve())
     with _CACHE_LOCK:
-        _CACHE.pop(key, None)
+        for key in [k for k in _CACHE if k[0] == path]:
+            del _CACHE[key]
 
 
 def clear_model_cache() -> None:

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import torch
 
-from maskseg.errors import MaskSegError
+from maskseg.errors import UsageError
 from maskseg.images import DEFAULT_MAX_PIXELS, ImageSource, LoadedImage, load_image
 from maskseg.models import LoadedModel, load_model
 from maskseg.prediction import Instance, Prediction
@@ -59,9 +59,9 @@ class Segmenter:
         _check_fraction("score threshold", score_threshold)
         _check_fraction("mask threshold", mask_threshold)
         if max_detections < 1:
-            raise MaskSegError(f"Maximum objects must be at least 1, not {max_detections}.")
+            raise UsageError(f"Maximum objects must be at least 1, not {max_detections}.")
         if batch_size < 1:
-            raise MaskSegError(f"Batch size must be at least 1, not {batch_size}.")
+            raise UsageError(f"Batch size must be at least 1, not {batch_size}.")
         allowed = self._label_ids(classes)
         floor = min(score_threshold, SCORE_FLOOR)
         results: list[Prediction] = []
@@ -83,7 +83,7 @@ class Segmenter:
         unknown = [c for c in wanted if c not in names or c in ("N/A", "__background__")]
         if unknown:
             sample = ", ".join(self.class_names[:8])
-            raise MaskSegError(
+            raise UsageError(
                 f"Unknown class {', '.join(repr(u) for u in unknown)} for {self.loaded.title}; "
                 f"known classes include {sample}, ..."
             )
@@ -166,7 +166,7 @@ class Segmenter:
 
 def _check_fraction(what: str, value: float) -> None:
     if not 0.0 <= float(value) <= 1.0:
-        raise MaskSegError(f"The {what} must be between 0 and 1, not {value}.")
+        raise UsageError(f"The {what} must be between 0 and 1, not {value}.")
 
 
 def _shrink_for_network(pixels: np.ndarray, min_size: int, max_size: int) -> np.ndarray:

@@ -22,6 +22,7 @@ from maskseg.images import load_image  # noqa: E402
 from maskseg.prediction import TABLE_COLUMNS  # noqa: E402
 from maskseg.render import color_hex, render_overlay  # noqa: E402
 from maskseg.ui_core import (  # noqa: E402
+    clamp_to_floor,
     BATCH_COLUMNS,
     NETWORK_RUNS,
     AppConfig,
@@ -284,7 +285,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
                 except ImportError as exc:
                     gr.Markdown(f"Training from the browser is not available in this build ({exc}).")
                 else:
-                    build_train_tab()
+                    build_train_tab(config.checkpoints_dir)
 
             # ------------------------------------------------------------ About
             with gr.Tab("About", id="about"):
@@ -332,20 +333,19 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             """A control moved: re-filter and redraw the cached prediction (re-run only below its floor)."""
             if result is None:
                 return gr.skip(), gr.skip(), gr.skip(), gr.skip(), None
-            controls = _controls(*control_values)
+            controls, note = clamp_to_floor(result.base, _controls(*control_values))
             try:
-                if not result.base.can_filter(controls.score_threshold):
-                    base = _predict_one(result.model_value, config, result.base.image, controls)
-                    base.image_name = result.base.image_name
-                    result = SessionResult(result.model_value, base)
-                return view_values(result, controls, live=True)[1]
+                overlay, rows, legend_value, status_value, session_value = view_values(result, controls, live=True)[1]
             except MaskSegError as exc:
                 raise _user_error(exc) from exc
+            if note:
+                status_value = f"{status_value} · {note}"
+            return overlay, rows, legend_value, status_value, session_value
 
         def bundle_for_view(result: SessionResult | None, *control_values):
             if result is None:
                 return None
-            controls = _controls(*control_values)
+            controls, _note = clamp_to_floor(result.base, _controls(*control_values))
             try:
                 pred = result.base.filter(**_filter_kwargs(controls))
                 return str(write_bundle_zip(pred, fresh_output_path(f"{pred.image_stem}_maskseg"), controls.render_options))

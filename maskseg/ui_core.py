@@ -235,6 +235,21 @@ def legend_html(pred: Prediction) -> str:
     return "<div class='maskseg-legend'>" + "".join(chips) + "</div>"
 
 
+def clamp_to_floor(base: Prediction, controls: Controls) -> tuple[Controls, str | None]:
+    """Controls a cached prediction can serve, and a note when the threshold had to be raised.
+
+    Live controls never run the network (that would bypass the one-at-a-time network queue):
+    below the floor the photo was run at, they show the floor and say how to go lower.
+    """
+    if base.can_filter(controls.score_threshold):
+        return controls, None
+    note = (
+        f"Showing objects above {base.score_floor:.2f}, the lowest this photo was run at; "
+        f"press Segment to run it again at {controls.score_threshold:.2f}."
+    )
+    return replace(controls, score_threshold=base.score_floor), note
+
+
 def render_view(base: Prediction, controls: Controls, preview: Prediction | None = None) -> View:
     """Filter the cached prediction, draw the overlay, build table, legend and status.
 

@@ -15,6 +15,7 @@ import pandas as pd
 
 from maskseg.checkpoint import Checkpoint, save_checkpoint
 from maskseg.errors import MaskSegError
+from maskseg.models import forget_model
 from maskseg.synth import SynthOptions, generate_dataset
 from maskseg.train import TrainConfig, TrainEvent, TrainResult, train
 
@@ -106,9 +107,7 @@ class PreviewModel:
     def close(self) -> None:
         """Release the preview network from the engine's process-wide model cache."""
         if self.segmenter is not None:
-            from maskseg.models import forget_model
-
-            forget_model(self.path, device="cpu")
+            forget_model(self.path)
             self.segmenter = None
 
 
@@ -216,6 +215,7 @@ def run_training_session(
             raise MaskSegError(f"Training failed: {type(run.error).__name__}: {run.error}")
         yield _status(run, minutes, "Evaluating the best checkpoint"), _loss_frame(run.rows), preview_array, "", None
         report, plot = _evaluate(out, folder)
+        forget_model(out)  # the name may be re-used: the app must load these weights, not a cached copy
         preview.update(_as_checkpoint(out))
         preview_array = preview.render(preview_image)
         done = (
@@ -260,8 +260,9 @@ def stop_current_run() -> str:
     return "Stopping after this step…"
 
 
-def build_train_tab() -> None:
-    """The Train tab's components and events, inside the caller's `gr.Tab("Train")`."""
+def build_train_tab(checkpoints_dir: str | Path = CHECKPOINTS_DIR) -> None:
+    """The Train tab's components and events, inside the caller's `gr.Tab("Train")`; trained
+    checkpoints go to `checkpoints_dir`, the folder the Segment tab lists."""
     import gradio as gr
 
     gr.Markdown(
@@ -299,7 +300,7 @@ def build_train_tab() -> None:
         try:
             yield from run_training_session(
                 float(minutes_value), int(train_value), int(val_value), int(seed_value or 0), name_value or "",
-                start=START_CHOICES.get(start_value, "scratch"),
+                start=START_CHOICES.get(start_value, "scratch"), checkpoints_dir=checkpoints_dir,
             )
         except MaskSegError as exc:
             raise gr.Error(str(exc)) from exc

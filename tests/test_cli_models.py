@@ -149,3 +149,26 @@ def test_untrusted_or_foreign_checkpoints_are_refused_clearly(tmp_path) -> None:
         load_model(checkpoint=foreign, device="cpu")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model(checkpoint=tmp_path / "nope.pt", device="cpu")
+
+
+def test_wrong_settings_found_after_parsing_also_exit_two(inputs, random_weights_home, tmp_path) -> None:
+    for extra, message in ((["--classes", "persn"], "Unknown class 'persn'"), (["--model", "v9"], "Unknown model 'v9'")):
+        result = run_cli("predict", str(inputs / "bear.jpg"), "--out", str(tmp_path), *extra,
+                         torch_home=random_weights_home)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bundle_folders_never_collide(tmp_path, random_weights_home) -> None:
+    photo = Image.open(EXAMPLES / "bear.jpg")
+    photo.thumbnail((128, 128))
+    folder = tmp_path / "in"
+    (folder / "x").mkdir(parents=True)
+    for name in ("a.jpg", "a.png", "a_2.jpg", "x/a.jpg"):
+        photo.save(folder / name)
+    out = tmp_path / "out"
+    result = run_cli("predict", str(folder), "--out", str(out), "--threshold", "0", "--max-detections", "1",
+                     torch_home=random_weights_home)
+    assert result.returncode == 0, result.stderr
+    bundles = sorted(p.name for p in out.iterdir())
+    assert len(bundles) == 4 and len(set(bundles)) == 4
