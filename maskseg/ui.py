@@ -258,7 +258,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
                 )
 
             # ------------------------------------------------------------ Batch
-            with gr.Tab("Batch", id="batch"):
+            with gr.Tab("Batch", id="batch") as batch_tab:
                 with gr.Row():
                     with gr.Column(scale=1):
                         batch_files = gr.File(
@@ -424,6 +424,8 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
         )
         refresh_btn.click(refresh_models, [model_dd], [model_dd], api_visibility="private", queue=False)
         segment_tab.select(refresh_models, [model_dd], [model_dd], api_visibility="private", queue=False)
+        # The Train tab adds checkpoints while the server runs: both model lists pick them up.
+        batch_tab.select(refresh_models, [batch_model], [batch_model], api_visibility="private", queue=False)
         batch_btn.click(
             run_batch, [batch_files, batch_model, batch_threshold],
             [gallery, batch_table, batch_zip, batch_status_box],
