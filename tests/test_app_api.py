@@ -154,6 +154,14 @@ def test_live_preview_keeps_table_full_resolution(random_weights_home):
     full = render_view(base, controls)
     assert live.overlay.shape[:2] == (853, 1280) and full.overlay.shape[:2] == (1600, 2400)
     assert live.rows == full.rows and live.status == full.status
+    # The preview shows the same objects, with masks scaled to its size (area ~ scale²).
+    from maskseg.ui_core import apply_controls
+
+    small, big = apply_controls(preview, controls), apply_controls(base, controls)
+    assert [(i.id, i.class_name) for i in small.instances] == [(i.id, i.class_name) for i in big.instances]
+    scale2 = (1280 / 2400) ** 2
+    for small_row, big_row in zip(small.table_rows(), big.table_rows()):
+        assert abs(small_row[7] - big_row[7] * scale2) <= 0.1 * big_row[7] * scale2 + 50
 
 
 def _download_blocked() -> bool:
