@@ -216,7 +216,8 @@ def _load_checkpoint_model(path: Path, title: str | None = None) -> LoadedModel:
 
 
 _CACHE: dict[tuple[str, str], LoadedModel] = {}
-_CACHE_LOCK = threading.Lock()
+_CACHE_LOCK = threading.Lock()  # guards the dicts only; never held while a model is built
+_BUILD_LOCKS: dict[tuple[str, str], threading.Lock] = {}
 
 
 def load_model(
@@ -224,40 +225,53 @@ def load_model(
     checkpoint: str | Path | None = None,
     device: str | torch.device = "auto",
 ) -> LoadedModel:
-    """The model for these settings, built once per process and shared by every caller."""
+    """The model for these settings, built once per process and shared by every caller.
+
+    Building (perhaps a 170 MB download) holds only that model's own lock, so requests for
+    models already loaded never wait behind it.
+    """
     dev = resolve_device(device)
-    if checkpoint is not None:
-        key = str(Path(checkpoint).resolve())
-    else:
-        key = resolve_model_name(model, dev)
+    key = str(Path(checkpoint).resolve()) if checkpoint is not None else resolve_model_name(model, dev)
+    cache_key = (key, str(dev))
     with _CACHE_LOCK:
-        cached = _CACHE.get((key, str(dev)))
+        cached = _CACHE.get(cache_key)
         if cached is not None:
             return cached
-        if checkpoint is not None:
-            loaded = _load_checkpoint_model(Path(checkpoint))
-        elif key == DEMO_MODEL_NAME:
-            if not DEMO_CHECKPOINT.is_file():
-                raise CheckpointError(f"The offline demo model {DEMO_CHECKPOINT} is missing.")
-            loaded = _load_checkpoint_model(DEMO_CHECKPOINT, title="Shapes demo (offline)")
-            loaded.key = DEMO_MODEL_NAME
-        else:
-            entry = ZOO[key]
-            network = _load_zoo_network(entry)
-            loaded = LoadedModel(
-                key=key,
-                title=entry.title,
-                architecture=key,
-                network=network,
-                class_names=list(entry.weights.meta["categories"]),
-                device=dev,
-                source=str(entry.weights_path),
-                info=_zoo_info(entry),
-            )
-        loaded.network.eval().to(dev)
-        loaded.device = dev
-        _CACHE[(key, str(dev))] = loaded
+        build_lock = _BUILD_LOCKS.setdefault(cache_key, threading.Lock())
+    with build_lock:
+        with _CACHE_LOCK:
+            cached = _CACHE.get(cache_key)  # built by another caller while we waited
+        if cached is not None:
+            return cached
+        loaded = _build_model(key, checkpoint, dev)
+        with _CACHE_LOCK:
+            _CACHE[cache_key] = loaded
         return loaded
+
+
+def _build_model(key: str, checkpoint: str | Path | None, dev: torch.device) -> LoadedModel:
+    if checkpoint is not None:
+        loaded = _load_checkpoint_model(Path(checkpoint))
+    elif key == DEMO_MODEL_NAME:
+        if not DEMO_CHECKPOINT.is_file():
+            raise CheckpointError(f"The offline demo model {DEMO_CHECKPOINT} is missing.")
+        loaded = _load_checkpoint_model(DEMO_CHECKPOINT, title="Shapes demo (offline)")
+        loaded.key = DEMO_MODEL_NAME
+    else:
+        entry = ZOO[key]
+        loaded = LoadedModel(
+            key=key,
+            title=entry.title,
+            architecture=key,
+            network=_load_zoo_network(entry),
+            class_names=list(entry.weights.meta["categories"]),
+            device=dev,
+            source=str(entry.weights_path),
+            info=_zoo_info(entry),
+        )
+    loaded.network.eval().to(dev)
+    loaded.device = dev
+    return loaded
 
 
 def forget_model(checkpoint: str | Path) -> None:

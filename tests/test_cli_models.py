@@ -172,3 +172,29 @@ def test_bundle_folders_never_collide(tmp_path, random_weights_home) -> None:
     assert result.returncode == 0, result.stderr
     bundles = sorted(p.name for p in out.iterdir())
     assert len(bundles) == 4 and len(set(bundles)) == 4
+
+
+def test_a_slow_model_build_does_not_block_a_loaded_model(random_weights_home, monkeypatch) -> None:
+    """While one model is being built (say, downloading), a cached one is still served at once."""
+    import threading
+    import time
+
+    from maskseg import models
+
+    ready = models.load_model("v1", device="cpu")
+    started, release = threading.Event(), threading.Event()
+
+    def slow_build(*_args, **_kwargs):
+        started.set()
+        release.wait(10)
+        raise WeightsMissingError("not here")
+
+    monkeypatch.setattr(models, "_build_model", slow_build)
+    worker = threading.Thread(target=lambda: pytest.raises(WeightsMissingError, models.load_model, "v2", device="cpu"))
+    worker.start()
+    assert started.wait(10)
+    began = time.perf_counter()
+    assert models.load_model("v1", device="cpu") is ready
+    assert time.perf_counter() - began < 1.0
+    release.set()
+    worker.join(10)
