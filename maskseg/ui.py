@@ -197,7 +197,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             "# maskseg\nInstance segmentation with Mask R-CNN: every object painted over your photo, "
             "a table with one row per object, and a download with every mask."
         )
-        notice_box = gr.Markdown(f"⚠️ {notice}" if notice else "", visible=bool(notice), elem_id="notice")
+        gr.Markdown(f"⚠️ {notice}" if notice else "", visible=bool(notice), elem_id="notice")
         session = gr.State(None)
 
         with gr.Tabs():

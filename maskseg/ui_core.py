@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from maskseg.errors import ImageLoadError, MaskSegError, WeightsMissingError
+from maskseg.errors import MaskSegError, WeightsMissingError
 from maskseg.images import DEFAULT_MAX_PIXELS, LoadedImage, load_image
 from maskseg.models import DEMO_CHECKPOINT, DEMO_MODEL_NAME, ZOO, resolve_model_name, resolve_device
 from maskseg.prediction import TABLE_COLUMNS, Prediction
