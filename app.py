@@ -2,7 +2,8 @@
 
 Every flag can also come from the environment, which is how Spaces passes settings:
 MASKSEG_HOST, MASKSEG_PORT (or PORT / GRADIO_SERVER_PORT), MASKSEG_MODEL, MASKSEG_CHECKPOINT,
-MASKSEG_DEVICE, MASKSEG_SHARE, MASKSEG_MAX_PIXELS, MASKSEG_QUEUE_SIZE, MASKSEG_CHECKPOINTS_DIR.
+MASKSEG_DEVICE, MASKSEG_SHARE, MASKSEG_MAX_PIXELS, MASKSEG_QUEUE_SIZE, MASKSEG_CHECKPOINTS_DIR,
+MASKSEG_TRAIN, MASKSEG_MAX_TRAIN_MINUTES.
 """
 
 from __future__ import annotations
@@ -47,14 +48,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="refuse images with more pixels than this")
     parser.add_argument("--queue-size", type=int, default=int(_env("MASKSEG_QUEUE_SIZE", default="16")),
                         help="how many requests may wait; more get a 'queue is full' message")
+    # Training takes every core for minutes: a teacher's tool, off by default on a shared Space.
+    parser.add_argument("--train", choices=("on", "off"), default=_env("MASKSEG_TRAIN", default="off" if on_spaces else "on"),
+                        help="show the Train tab and its API (default: on, off on Hugging Face Spaces)")
+    parser.add_argument("--max-train-minutes", type=float, default=float(_env("MASKSEG_MAX_TRAIN_MINUTES", default="30")),
+                        help="the longest training run the Train tab allows")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from maskseg.errors import MaskSegError
-    from maskseg.ui import build_app, launch
-    from maskseg.ui_core import AppConfig
+    from maskseg.app.config import AppConfig
+    from maskseg.app.launch import build_app, launch
 
     config = AppConfig(
         model=args.model,
@@ -63,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         checkpoints_dir=Path(args.checkpoints_dir),
         max_pixels=args.max_pixels,
         queue_size=args.queue_size,
+        train_enabled=args.train == "on",
+        max_train_minutes=args.max_train_minutes,
     )
     try:
         demo = build_app(config)

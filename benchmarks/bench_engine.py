@@ -69,8 +69,8 @@ def seed_pipeline(model: torch.nn.Module, image: np.ndarray, threshold: float, c
 
 def maskseg_pipeline(segmenter, image: np.ndarray, threshold: float, out_dir: Path):
     """maskseg: predict with the threshold inside the model, draw, and write the full bundle."""
-    from maskseg.export import write_bundle
-    from maskseg.render import render_overlay
+    from maskseg.engine.export import write_bundle
+    from maskseg.engine.render import render_overlay
 
     prediction = segmenter.predict_one(image, score_threshold=threshold)
     render_overlay(prediction)
@@ -108,7 +108,7 @@ def peak_rss_mb() -> float:
 
 
 def child(which: str, size: str, count: int) -> None:
-    from maskseg.segmenter import Segmenter
+    from maskseg.engine.segmenter import Segmenter
 
     width, height = (int(v) for v in size.split("x"))
     image = photo_of_size(width, height)
@@ -164,7 +164,7 @@ def main() -> None:
     from conftest import write_random_zoo_weights  # the same random weights the tests use
 
     write_random_zoo_weights(Path(torch_home))
-    from maskseg.segmenter import Segmenter
+    from maskseg.engine.segmenter import Segmenter
 
     random.seed(0)
     segmenter = Segmenter(model="v1", device="cpu")
@@ -208,7 +208,7 @@ def main() -> None:
         print(lines[-1], flush=True)
 
     # Re-filter: a slider move on the 1080p photo with 20 objects.
-    from maskseg.render import render_overlay
+    from maskseg.engine.render import render_overlay
 
     base = segmenter.predict_one(image, score_threshold=0.05)
     threshold20 = threshold_keeping(segmenter, image, 20)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 
 def _ensure_weights() -> str:
-    from maskseg.models import ZOO, build_architecture, clear_model_cache, weights_available
+    from maskseg.engine.models import ZOO, build_architecture, clear_model_cache, weights_available
 
     if weights_available("maskrcnn_resnet50_fpn"):
         return "COCO v1 weights"
@@ -70,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     import gradio as gr
     import torch
 
-    from maskseg.ui import table_frame
-    from maskseg.ui_core import PREVIEW_MAX_SIDE, Controls, apply_controls, preview_prediction, render_view, run_network
-    from maskseg.segmenter import Segmenter
+    from maskseg.app.components import table_frame
+    from maskseg.app.view import PREVIEW_MAX_SIDE, preview_prediction, render_view
+    from maskseg.app.controls import Controls, apply_controls
+    from maskseg.app.session import run_network
+    from maskseg.engine.segmenter import Segmenter
 
     segmenter = Segmenter(model="maskrcnn_resnet50_fpn", device="cpu")
     photo = _photo_1080p()
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     # The random weights' boxes are small, so two more cases put drawing cost where real photos do:
     # "COCO-like" (box sides 5-33% of the frame's, masks filling most of the box) and "stress"
     # (every box a third of the frame's width and height, 20 of them: ~2x the frame covered).
-    from maskseg.prediction import Instance, Prediction
+    from maskseg.engine.prediction import Instance, Prediction
 
     def synthetic_moves(
         min_side: float, max_side: float, seed: int, live_preview: bool = True

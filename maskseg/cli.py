@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Sequence
 
 from maskseg.errors import MaskSegError, UsageError
-from maskseg.images import DEFAULT_MAX_PIXELS, LoadedImage, is_image_path, load_image
+from maskseg.engine.images import DEFAULT_MAX_PIXELS, LoadedImage, is_image_path, load_image
 
 # Modules that add their own subcommand through add_cli(subparsers).
-PLUGIN_COMMANDS = ("maskseg.synth", "maskseg.train", "maskseg.evaluate")
+PLUGIN_COMMANDS = ("maskseg.training.synth", "maskseg.training.train", "maskseg.training.evaluate")
 
 
 def fraction(text: str) -> float:
@@ -110,9 +110,9 @@ def run_predict(args: argparse.Namespace) -> int:
     """Segment every input, write bundles, name each failure; exit 1 if any input failed."""
     from tqdm import tqdm
 
-    from maskseg.export import FolderNamer, write_bundle
-    from maskseg.render import RenderOptions
-    from maskseg.segmenter import Segmenter
+    from maskseg.engine.export import FolderNamer, write_bundle
+    from maskseg.engine.render import RenderOptions
+    from maskseg.engine.segmenter import Segmenter
 
     files, failures = expand_inputs(args.inputs)
     for name, reason in failures:
@@ -171,7 +171,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_models(_args: argparse.Namespace) -> int:
     """Print every known model with its COCO accuracy, size and whether its weights are here."""
-    from maskseg.models import list_models
+    from maskseg.engine.models import list_models
 
     header = f"{'name':<26} {'box AP':>6} {'mask AP':>7} {'params':>7} {'size':>8}  weights"
     print(header)

@@ -28,7 +28,7 @@ def write_random_zoo_weights(torch_home: Path, model_name: str = "maskrcnn_resne
     """Write a randomly initialised state dict where torchvision looks for `model_name`'s weights."""
     import torch
 
-    from maskseg.models import ZOO, build_architecture
+    from maskseg.engine.models import ZOO, build_architecture
 
     entry = ZOO[model_name]
     target = torch_home / "hub" / "checkpoints" / entry.file_name
@@ -46,7 +46,7 @@ def random_weights_home(tmp_path_factory: pytest.TempPathFactory):
     torch.hub.get_dir() reads TORCH_HOME at call time, so the real loading code finds them.
     Yields the TORCH_HOME path; restores the old value and clears the model cache afterwards.
     """
-    from maskseg.models import clear_model_cache
+    from maskseg.engine.models import clear_model_cache
 
     torch_home = tmp_path_factory.mktemp("torch_home")
     old = os.environ.get("TORCH_HOME")
@@ -79,8 +79,8 @@ APP_MAX_PIXELS = 2_000_000
 @pytest.fixture(scope="session")
 def app_server(random_weights_home):
     """A live Gradio server (in this process) running the real app; yields its URL."""
-    from maskseg.ui import build_app, launch  # noqa: F401
-    from maskseg.ui_core import AppConfig
+    from maskseg.app.launch import build_app, launch  # noqa: F401
+    from maskseg.app.config import AppConfig
 
     config = AppConfig(
         model="maskrcnn_resnet50_fpn", device="cpu", score_threshold=0.0, max_pixels=APP_MAX_PIXELS,

@@ -56,7 +56,7 @@ def test_named_endpoints_are_listed(client):
 def test_segment_returns_overlay_table_and_agreeing_zip(client, small_images):
     from gradio_client import handle_file
 
-    from maskseg.verify import check_bundle
+    from maskseg.engine.verify import check_bundle
 
     photo = small_images["street"]
     overlay, table, legend, status, bundle = client.predict(
@@ -82,7 +82,7 @@ def test_segment_returns_overlay_table_and_agreeing_zip(client, small_images):
 def test_batch_skips_a_non_image_and_finishes_the_rest(client, small_images, tmp_path):
     from gradio_client import handle_file
 
-    from maskseg.verify import check_bundle
+    from maskseg.engine.verify import check_bundle
 
     notes = tmp_path / "notes.txt"
     notes.write_text("this is not a photo")
@@ -119,9 +119,10 @@ def test_model_menu_lists_checkpoints_and_loads_them(tmp_path):
     """Every checkpoints/*.pt is offered (the Train tab saves there) and loads by its path."""
     import torch
 
-    from maskseg.checkpoint import Checkpoint, save_checkpoint
-    from maskseg.models import build_architecture
-    from maskseg.ui_core import AppConfig, make_segmenter, model_choices
+    from maskseg.engine.checkpoint import Checkpoint, save_checkpoint
+    from maskseg.engine.models import build_architecture
+    from maskseg.app.config import AppConfig
+    from maskseg.app.model_menu import make_segmenter, model_choices
 
     folder = tmp_path / "checkpoints"
     folder.mkdir()
@@ -141,7 +142,11 @@ def test_live_preview_keeps_table_full_resolution(random_weights_home):
     """Slider re-renders draw on a <=1280 px copy; the table still describes the full photo."""
     import numpy as np
 
-    from maskseg.ui_core import Controls, preview_prediction, render_view, run_network, make_segmenter, AppConfig
+    from maskseg.app.controls import Controls
+    from maskseg.app.view import preview_prediction, render_view
+    from maskseg.app.session import run_network
+    from maskseg.app.model_menu import make_segmenter
+    from maskseg.app.config import AppConfig
 
     photo = np.zeros((1600, 2400, 3), dtype=np.uint8)
     photo[400:1200, 600:1800] = (200, 120, 40)
@@ -155,7 +160,7 @@ def test_live_preview_keeps_table_full_resolution(random_weights_home):
     assert live.overlay.shape[:2] == (853, 1280) and full.overlay.shape[:2] == (1600, 2400)
     assert live.rows == full.rows and live.status == full.status
     # The preview shows the same objects, with masks scaled to its size (area ~ scale²).
-    from maskseg.ui_core import apply_controls
+    from maskseg.app.controls import apply_controls
 
     small, big = apply_controls(preview, controls), apply_controls(base, controls)
     assert [(i.id, i.class_name) for i in small.instances] == [(i.id, i.class_name) for i in big.instances]
@@ -211,7 +216,7 @@ def test_bad_uploads_give_clear_errors_and_the_server_keeps_working(client, tmp_
 
 def test_fresh_machine_app_starts_offline_and_segments_with_the_demo_model(tmp_path):
     """`python app.py` with no COCO weights and no network: one notice, then the shapes demo works."""
-    from maskseg.models import DEMO_CHECKPOINT
+    from maskseg.engine.models import DEMO_CHECKPOINT
 
     require_or_skip(DEMO_CHECKPOINT.is_file(), f"the offline demo checkpoint {DEMO_CHECKPOINT} is not built yet")
     examples = sorted((REPO_ROOT / "assets" / "examples").glob("shapes_*.png"))

@@ -76,7 +76,7 @@ def _set_threshold(page, value: float) -> None:
 
 def _download_zip(page, tmp_path: Path, expected_rows: int) -> Path:
     """Wait until the download link's zip has `expected_rows` objects, then download it."""
-    from maskseg.verify import check_bundle
+    from maskseg.engine.verify import check_bundle
 
     for attempt in range(30):
         with page.expect_download() as info:
@@ -93,7 +93,7 @@ def _download_zip(page, tmp_path: Path, expected_rows: int) -> Path:
 
 
 def test_segment_slide_download_toggle_and_screenshot(browser_page, small_images, tmp_path):
-    from maskseg.ui_core import NETWORK_RUNS
+    from maskseg.app.session import NETWORK_RUNS
 
     page = browser_page
     page.set_input_files("#input-image input[type=file]", str(small_images["street"]))
@@ -166,11 +166,11 @@ def _wait_until_idle(page) -> None:
 def _save_screenshot(page) -> None:
     """docs/screenshot.png for the README: real results from the offline Shapes demo when it is
     built (random COCO weights only give meaningless labels), else the page as it is."""
-    from maskseg.models import DEMO_CHECKPOINT
+    from maskseg.engine.models import DEMO_CHECKPOINT
 
     shapes = sorted((REPO_ROOT / "assets" / "examples").glob("shapes_*.png"))
     if DEMO_CHECKPOINT.is_file() and shapes:
-        from maskseg.ui_core import NETWORK_RUNS
+        from maskseg.app.session import NETWORK_RUNS
 
         _set_threshold(page, 0.5)
         _wait_until_idle(page)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from maskseg.checkpoint import Checkpoint, save_checkpoint
+from maskseg.engine.checkpoint import Checkpoint, save_checkpoint
 from maskseg.errors import CheckpointError, WeightsMissingError
-from maskseg.verify import check_bundle
+from maskseg.engine.verify import check_bundle
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "assets" / "examples"
@@ -90,7 +90,7 @@ def test_missing_weights_give_one_sentence_and_exit_one(inputs, tmp_path) -> Non
 
 
 def test_missing_weights_raise_the_user_error_in_python(tmp_path, monkeypatch) -> None:
-    from maskseg.models import clear_model_cache, load_model
+    from maskseg.engine.models import clear_model_cache, load_model
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     clear_model_cache()
@@ -109,15 +109,15 @@ def test_models_lists_each_model_and_whether_its_weights_are_here(random_weights
 
 
 def test_auto_picks_v1_on_cpu() -> None:
-    from maskseg.models import resolve_model_name
+    from maskseg.engine.models import resolve_model_name
 
     assert resolve_model_name("auto", torch.device("cpu")) == "maskrcnn_resnet50_fpn"
     assert resolve_model_name("auto", torch.device("cuda")) == "maskrcnn_resnet50_fpn_v2"
 
 
 def test_checkpoint_loads_with_its_class_names(tmp_path) -> None:
-    from maskseg.models import build_architecture
-    from maskseg.segmenter import Segmenter
+    from maskseg.engine.models import build_architecture
+    from maskseg.engine.segmenter import Segmenter
 
     torch.manual_seed(0)
     network = build_architecture("maskrcnn_resnet50_fpn", num_classes=3)
@@ -133,7 +133,7 @@ def test_checkpoint_loads_with_its_class_names(tmp_path) -> None:
 
 
 def test_untrusted_or_foreign_checkpoints_are_refused_clearly(tmp_path) -> None:
-    from maskseg.models import load_model
+    from maskseg.engine.models import load_model
 
     class Sneaky:
         def __reduce__(self):
@@ -179,7 +179,7 @@ def test_a_slow_model_build_does_not_block_a_loaded_model(random_weights_home, m
     import threading
     import time
 
-    from maskseg import models
+    from maskseg.engine import models
 
     ready = models.load_model("v1", device="cpu")
     started, release = threading.Event(), threading.Event()

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from maskseg.data import (
+from maskseg.training.datasets import (
     COCO80_NAMES,
     CocoDataset,
     MaskFolderDataset,
@@ -22,7 +22,7 @@ from maskseg.data import (
 )
 from conftest import require_or_skip
 from maskseg.errors import MaskSegError
-from maskseg.synth import SynthOptions, generate_dataset
+from maskseg.training.synth import SynthOptions, generate_dataset
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 PANOPTIC_JSON = SHARED / "coco_val2017_100" / "panoptic" / "panoptic_val2017.json"

@@ -13,9 +13,9 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from maskseg.errors import MaskSegError
-from maskseg.export import write_batch_zip, write_bundle, write_bundle_zip
-from maskseg.render import RenderOptions, instance_color, render_overlay
-from maskseg.verify import check_bundle
+from maskseg.engine.export import write_batch_zip, write_bundle, write_bundle_zip
+from maskseg.engine.render import RenderOptions, instance_color, render_overlay
+from maskseg.engine.verify import check_bundle
 
 PHOTO = Path(__file__).resolve().parent.parent / "assets" / "examples" / "bear.jpg"
 
@@ -32,7 +32,7 @@ def photo(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def segmenter(random_weights_home):
-    from maskseg.segmenter import Segmenter
+    from maskseg.engine.segmenter import Segmenter
 
     return Segmenter(model="v1", device="cpu")
 
@@ -169,7 +169,7 @@ def test_instance_colours_are_distinct() -> None:
 
 
 def test_labels_stay_inside_the_image(segmenter) -> None:
-    from maskseg.prediction import Instance, Prediction
+    from maskseg.engine.prediction import Instance, Prediction
 
     image = np.zeros((60, 80, 3), dtype=np.uint8)
     corner = Instance(1, 1, "person", 0.99, (70.0, 0.0, 80.0, 10.0), torch.ones(28, 28))

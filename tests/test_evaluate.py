@@ -14,9 +14,9 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from maskseg.data import open_dataset
-from maskseg.evaluate import add_cli, coco_metrics, read_bundles
-from maskseg.synth import SynthOptions, generate_dataset
+from maskseg.training.datasets import open_dataset
+from maskseg.training.evaluate import add_cli, coco_metrics, read_bundles
+from maskseg.training.synth import SynthOptions, generate_dataset
 
 
 @pytest.fixture(scope="module")

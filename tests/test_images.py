@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from maskseg.errors import ImageLoadError
-from maskseg.images import load_image
+from maskseg.engine.images import load_image
 
 
 def _png_bytes(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from maskseg.verify import check_bundle
+from maskseg.engine.verify import check_bundle
 
 REPO = Path(__file__).resolve().parent.parent
 

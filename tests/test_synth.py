@@ -11,7 +11,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from maskseg.errors import MaskSegError
-from maskseg.synth import SHAPE_CLASSES, SynthOptions, add_cli, generate_dataset
+from maskseg.training.synth import SHAPE_CLASSES, SynthOptions, add_cli, generate_dataset
 
 
 def _files(folder: Path) -> dict[str, bytes]:

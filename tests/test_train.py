@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskseg.checkpoint import load_checkpoint
-from maskseg.synth import SHAPE_CLASSES, SynthOptions, generate_dataset
-from maskseg.train import TrainConfig, TrainEvent, add_cli, build_training_network, train
+from maskseg.engine.checkpoint import load_checkpoint
+from maskseg.training.synth import SHAPE_CLASSES, SynthOptions, generate_dataset
+from maskseg.training.train import TrainConfig, TrainEvent, add_cli, build_training_network, train
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_a_few_steps_lower_the_loss_and_the_checkpoint_round_trips(shapes, tmp_p
     raw = torch.load(result.checkpoint, weights_only=True)
     assert all(v.dtype != torch.float32 for v in raw["state_dict"].values())  # --half stored fp16
 
-    from maskseg.models import load_model
+    from maskseg.engine.models import load_model
 
     loaded = load_model(checkpoint=result.checkpoint, device="cpu")
     assert loaded.class_names == ckpt.class_names and loaded.architecture == "tiny"
@@ -101,7 +101,7 @@ def test_transfer_learning_only_when_coco_weights_are_on_disk(tmp_path, monkeypa
 
 
 def test_train_tab_session_saves_a_checkpoint_the_app_can_list(tmp_path):
-    from maskseg.ui_train import run_training_session
+    from maskseg.app.train_tab import run_training_session
 
     torch.set_num_threads(1)
     updates = list(
@@ -118,9 +118,9 @@ def test_train_tab_session_saves_a_checkpoint_the_app_can_list(tmp_path):
 
 
 def test_init_from_copies_only_the_chosen_layers(tmp_path):
-    from maskseg.checkpoint import Checkpoint, save_checkpoint
-    from maskseg.models import build_architecture
-    from maskseg.train import _initialise_from
+    from maskseg.engine.checkpoint import Checkpoint, save_checkpoint
+    from maskseg.engine.models import build_architecture
+    from maskseg.training.train import _initialise_from
 
     torch.manual_seed(1)
     source = build_architecture("tiny", 6)

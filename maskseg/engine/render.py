@@ -9,7 +9,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from maskseg.prediction import Instance, Prediction
+from maskseg.engine.prediction import Instance, Prediction
 
 
 @dataclass(frozen=True)

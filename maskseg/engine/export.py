@@ -16,8 +16,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from maskseg import __version__
-from maskseg.prediction import TABLE_COLUMNS, Prediction
-from maskseg.render import RenderOptions, render_overlay
+from maskseg.engine.prediction import TABLE_COLUMNS, Prediction
+from maskseg.engine.render import RenderOptions, render_overlay
 
 CSV_COLUMNS = ["id", *TABLE_COLUMNS[1:]]
 

@@ -13,13 +13,13 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from maskseg.checkpoint import Checkpoint, save_checkpoint
+from maskseg.engine.checkpoint import Checkpoint, save_checkpoint
 from maskseg.errors import MaskSegError
-from maskseg.models import forget_model
-from maskseg.synth import SynthOptions, generate_dataset
-from maskseg.train import TrainConfig, TrainEvent, TrainResult, train
+from maskseg.engine.models import forget_model
+from maskseg.training.synth import SynthOptions, generate_dataset
+from maskseg.training.train import TrainConfig, TrainEvent, TrainResult, train
 
-CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+CHECKPOINTS_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
 DEFAULT_MINUTES = 5.0
 DEFAULT_TRAIN_IMAGES = 400
 DEFAULT_VAL_IMAGES = 40
@@ -85,7 +85,7 @@ class PreviewModel:
     def update(self, snapshot: Checkpoint) -> None:
         """Load the latest weights (the first call saves a file so the engine can build the model)."""
         if self.segmenter is None:
-            from maskseg.segmenter import Segmenter
+            from maskseg.engine.segmenter import Segmenter
 
             save_checkpoint(snapshot, self.path)
             self.segmenter = Segmenter(checkpoint=self.path, device="cpu")
@@ -99,7 +99,7 @@ class PreviewModel:
         """The overlay of the current weights' predictions on one image."""
         if self.segmenter is None:
             return None
-        from maskseg.render import RenderOptions, render_overlay
+        from maskseg.engine.render import RenderOptions, render_overlay
 
         prediction = self.segmenter.predict_one(str(image_path), score_threshold=score_threshold)
         return render_overlay(prediction, RenderOptions())
@@ -175,7 +175,7 @@ def run_training_session(
             title=f"Shapes, tiny, {minutes:g} min ({stamp})",
         )
         if start == "demo-backbone":
-            from maskseg.models import DEMO_CHECKPOINT
+            from maskseg.engine.models import DEMO_CHECKPOINT
 
             if not DEMO_CHECKPOINT.is_file():
                 raise MaskSegError(f"The demo model {DEMO_CHECKPOINT} is missing; start from random weights instead.")
@@ -232,16 +232,16 @@ def run_training_session(
 
 
 def _as_checkpoint(path: Path) -> Checkpoint:
-    from maskseg.checkpoint import load_checkpoint
+    from maskseg.engine.checkpoint import load_checkpoint
 
     return load_checkpoint(path)
 
 
 def _evaluate(checkpoint_path: Path, folder: Path) -> tuple[str, str]:
     """Score the saved checkpoint on the run's validation images; the report and the PR plot."""
-    from maskseg.data import open_dataset
-    from maskseg.evaluate import evaluate_network, format_report, plot_pr_curves
-    from maskseg.models import build_architecture
+    from maskseg.training.datasets import open_dataset
+    from maskseg.training.evaluate import evaluate_network, format_report, plot_pr_curves
+    from maskseg.engine.models import build_architecture
 
     ckpt = _as_checkpoint(checkpoint_path)
     network = build_architecture(ckpt.architecture, len(ckpt.class_names))
@@ -260,10 +260,12 @@ def stop_current_run() -> str:
     return "Stopping after this step…"
 
 
-def build_train_tab(checkpoints_dir: str | Path = CHECKPOINTS_DIR) -> None:
+def build_train_tab(config) -> None:
     """The Train tab's components and events, inside the caller's `gr.Tab("Train")`; trained
     checkpoints go to `checkpoints_dir`, the folder the Segment tab lists."""
     import gradio as gr
+
+    checkpoints_dir = config.checkpoints_dir
 
     gr.Markdown(
         "Train the small **tiny** Mask R-CNN on synthetic shapes, right here on this machine. "

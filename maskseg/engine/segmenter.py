@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from maskseg.errors import UsageError
-from maskseg.images import DEFAULT_MAX_PIXELS, ImageSource, LoadedImage, load_image
-from maskseg.models import LoadedModel, load_model
-from maskseg.prediction import Instance, Prediction
+from maskseg.engine.images import DEFAULT_MAX_PIXELS, ImageSource, LoadedImage, load_image
+from maskseg.engine.models import LoadedModel, load_model
+from maskseg.engine.prediction import Instance, Prediction
 
 # The network keeps everything down to this score, so a slider can go lower without a re-run.
 SCORE_FLOOR = 0.05

@@ -15,7 +15,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from maskseg.export import CSV_COLUMNS, mask_file_name
+from maskseg.engine.export import CSV_COLUMNS, mask_file_name
 
 
 @dataclass

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 from torchvision.models import detection
 
-from maskseg.checkpoint import load_checkpoint
+from maskseg.engine.checkpoint import load_checkpoint
 from maskseg.errors import CheckpointError, UsageError, WeightsMissingError
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 DEMO_CHECKPOINT = ASSETS_DIR / "shapes-demo.pt"
 DEMO_MODEL_NAME = "shapes-demo"
 
@@ -134,7 +134,7 @@ def resolve_model_name(model: str | None, device: torch.device) -> str:
 def build_architecture(architecture: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """An untrained Mask R-CNN of the named architecture with `num_classes` (background included)."""
     if architecture == "tiny":
-        from maskseg.tiny import build_tiny_maskrcnn
+        from maskseg.engine.tiny import build_tiny_maskrcnn
 
         return build_tiny_maskrcnn(num_classes=num_classes, **kwargs)
     if architecture in ZOO:
@@ -177,8 +177,9 @@ def _load_zoo_network(entry: ZooEntry) -> nn.Module:
 
 def _zoo_info(entry: ZooEntry) -> dict[str, Any]:
     return {
-        "box_ap": entry.box_ap,
+        "box_ap": entry.box_ap,  # percent, as torchvision's weights enum states it
         "mask_ap": entry.mask_ap,
+        "ap_measured_on": "COCO val2017",
         "num_params": entry.num_params,
         "file_size_mb": entry.file_size_mb,
         "gflops": entry.gflops,
@@ -200,9 +201,13 @@ def _load_checkpoint_model(path: Path, title: str | None = None) -> LoadedModel:
         "metrics": ckpt.metrics,
         "settings": ckpt.settings,
     }
+    # Checkpoints store COCOeval's fractions; the app shows every AP in percent, like the zoo's.
     for key in ("box_ap", "mask_ap"):
         if key in ckpt.metrics:
-            info[key] = ckpt.metrics[key]
+            info[key] = round(100.0 * float(ckpt.metrics[key]), 1)
+    if "box_ap" in info or "mask_ap" in info:
+        val = (ckpt.settings or {}).get("val")
+        info["ap_measured_on"] = f"its validation set ({Path(str(val)).name})" if val else "its validation set"
     return LoadedModel(
         key=str(path),
         title=title or f"{path.name} ({ckpt.architecture}, {len(ckpt.class_names) - 1} classes)",

@@ -16,8 +16,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from maskseg.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from maskseg.data import InstanceDataset, collate, default_transforms, open_dataset
+from maskseg.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from maskseg.training.datasets import InstanceDataset, collate, default_transforms, open_dataset
 from maskseg.errors import MaskSegError
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
@@ -93,7 +93,7 @@ def build_training_network(
     architecture: str, num_classes: int, log: Callable[[str], None] = print, **options: Any
 ) -> tuple[nn.Module, str]:
     """The network to train: COCO weights with new predictors when on disk, else from scratch (said once)."""
-    from maskseg.models import ZOO, build_architecture
+    from maskseg.engine.models import ZOO, build_architecture
 
     if architecture in ZOO:
         entry = ZOO[architecture]
@@ -167,8 +167,8 @@ def train(
     show_progress: bool = True,
 ) -> TrainResult:
     """Train per `config`; returns where the best checkpoint went. Ctrl-C or `stop` saves a resumable state."""
-    from maskseg.evaluate import evaluate_network
-    from maskseg.models import resolve_device
+    from maskseg.training.evaluate import evaluate_network
+    from maskseg.engine.models import resolve_device
 
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -17,7 +17,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from maskseg.data import InstanceDataset, default_transforms, open_dataset
+from maskseg.training.datasets import InstanceDataset, default_transforms, open_dataset
 from maskseg.errors import MaskSegError
 
 
@@ -331,7 +331,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.predictions:
         detections = read_bundles(args.predictions, dataset)
     else:
-        from maskseg.models import load_model
+        from maskseg.engine.models import load_model
 
         if not args.checkpoint and not args.model:
             raise MaskSegError("Pass --checkpoint CKPT, --model NAME or --predictions DIR to evaluate.")

@@ -1,0 +1,64 @@
+"""Small Gradio helpers every tab uses: upload paths, user errors, the GPU decorator, the styled table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from maskseg.engine.prediction import TABLE_COLUMNS
+from maskseg.engine.render import color_hex
+from maskseg.errors import MaskSegError
+
+try:  # ZeroGPU on Hugging Face Spaces: the function that runs the network asks for a GPU.
+    import spaces  # type: ignore
+
+    gpu = spaces.GPU
+except ImportError:  # everywhere else this is a no-op
+
+    def gpu(fn):
+        return fn
+
+
+NETWORK = "network"  # one network run at a time per process (the model is shared)
+RENDER = "render"  # re-filtering and drawing are cheap and may run beside a network run
+
+
+def pass_upload_path_through(component: Any) -> Any:
+    """Make a gr.Image or gr.File hand the uploaded file's path on untouched.
+
+    Gradio's own preprocessing opens the file with PIL and fails with a bare error on a non-image;
+    passing the path on lets maskseg.engine.images.load_image give its one clear sentence instead.
+    (An instance patch, not a subclass: a subclass makes Gradio write a .pyi file next to this one.)
+    """
+    original = component.preprocess
+
+    def preprocess(payload):
+        if payload is not None and getattr(payload, "path", None):
+            return str(payload.path)
+        return original(payload)
+
+    component.preprocess = preprocess  # type: ignore[method-assign]
+    return component
+
+
+def user_error(exc: MaskSegError) -> gr.Error:
+    """A MaskSegError as the one sentence the page shows (no traceback in the server log)."""
+    return gr.Error(str(exc), print_exception=False)
+
+
+def table_frame(rows: list[list], columns: list[str] = TABLE_COLUMNS):
+    """A DataFrame whose '#' cells carry their object's overlay colour, so rows match objects."""
+    frame = pd.DataFrame(rows, columns=columns)
+    if frame.empty:
+        return frame
+    id_col = columns.index("#")
+
+    def paint(row):
+        styles = [""] * len(row)
+        styles[id_col] = f"background-color: {color_hex(int(row.iloc[id_col]))}; font-weight: bold"
+        return styles
+
+    formats = {"score": "{:.3f}", "x1": "{:.1f}", "y1": "{:.1f}", "x2": "{:.1f}", "y2": "{:.1f}", "area_pct": "{:.2f}"}
+    return frame.style.apply(paint, axis=1).format({k: v for k, v in formats.items() if k in frame.columns})
