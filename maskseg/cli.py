@@ -6,11 +6,13 @@ import argparse
 import importlib
 import sys
 import time
+from itertools import islice
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 from maskseg.errors import MaskSegError, UsageError
-from maskseg.engine.images import DEFAULT_MAX_PIXELS, LoadedImage, is_image_path, load_image
+from maskseg.engine.images import DEFAULT_MAX_PIXELS, LoadedImage
+from maskseg.engine.sources import Source, expand_sources, read_sources
 
 # Modules that add their own subcommand through add_cli(subparsers).
 PLUGIN_COMMANDS = ("maskseg.training.synth", "maskseg.training.train", "maskseg.training.evaluate")
@@ -56,10 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = subparsers.add_parser(
         "predict", help="segment images and write one bundle folder per image",
-        description="Segment images (files or folders of images) and write DIR/<image stem>/ bundles: "
-        "overlay.png, masks/NN_<class>.png, label_map.png, instances.json (COCO RLE), objects.csv.",
+        description="Segment images (files, zips of images, or folders of images) and write DIR/<image stem>/ "
+        "bundles: overlay.png, masks/NN_<class>.png, cutouts/NN_<class>.png, label_map.png, "
+        "instances.json (COCO RLE), objects.csv.",
     )
-    predict.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_DIR")
+    predict.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_ZIP_OR_DIR")
     predict.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the bundles")
     add_model_arguments(predict)
     predict.add_argument("--threshold", type=fraction, default=0.5, help="score threshold (default 0.5)")
@@ -89,21 +92,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def expand_inputs(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files named directly, plus the image files inside named folders (sorted); and the misses."""
-    files: list[Path] = []
-    missing: list[tuple[str, str]] = []
-    for item in inputs:
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and is_image_path(p))
-            if not found:
-                missing.append((str(item), "folder holds no image files"))
-            files.extend(found)
-        elif item.exists():
-            files.append(item)
-        else:
-            missing.append((str(item), "does not exist"))
-    return files, missing
+def expand_inputs(inputs: Sequence[Path]) -> tuple[list[Source], list[tuple[str, str]]]:
+    """Files named directly, zips as their members, image files inside named folders (sorted); and the misses."""
+    # No member cap: the command line streams one image at a time, so a big zip costs no memory.
+    sources, refused = expand_sources(inputs, walk_folders=True, max_members=None)
+    return sources, [(source.full_name, reason) for source, reason in refused]
+
+
+def image_batches(
+    sources: Sequence[Source], max_pixels: int, batch_size: int, on_failure: Callable[[str, str], None]
+) -> Iterator[list[LoadedImage]]:
+    """Lists of up to batch_size decoded images, decoding as it goes; each unreadable input goes to on_failure."""
+    readings = read_sources(sources, max_pixels)
+    while chunk := list(islice(readings, batch_size)):
+        for source, _image, reason in chunk:
+            if reason:
+                on_failure(source.full_name, reason)
+        batch = [image for _source, image, _reason in chunk if image is not None]
+        if batch:
+            yield batch
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -114,10 +121,10 @@ def run_predict(args: argparse.Namespace) -> int:
     from maskseg.engine.render import RenderOptions
     from maskseg.engine.segmenter import Segmenter
 
-    files, failures = expand_inputs(args.inputs)
+    sources, failures = expand_inputs(args.inputs)
     for name, reason in failures:
         print(f"skipped {name}: {reason}", file=sys.stderr)
-    if not files:
+    if not sources:
         print("error: no images to segment.", file=sys.stderr)
         return 1
     segmenter = Segmenter(model=args.model, checkpoint=args.checkpoint, device=args.device,
@@ -130,18 +137,14 @@ def run_predict(args: argparse.Namespace) -> int:
     folders = FolderNamer()
     objects = written = 0
     started = time.perf_counter()
-    bar = tqdm(total=len(files), unit="image", disable=len(files) < 2, file=sys.stderr)
-    for start in range(0, len(files), args.batch_size):
-        batch: list[LoadedImage] = []
-        for path in files[start : start + args.batch_size]:
-            try:
-                batch.append(load_image(path, max_pixels=args.max_pixels))
-            except MaskSegError as exc:
-                failures.append((str(path), str(exc)))
-                tqdm.write(f"failed {path}: {exc}", file=sys.stderr)
-                bar.update(1)
-        if not batch:
-            continue
+    bar = tqdm(total=len(sources), unit="image", disable=len(sources) < 2, file=sys.stderr)
+
+    def failed(name: str, reason: str) -> None:
+        failures.append((name, reason))
+        tqdm.write(f"failed {name}: {reason}", file=sys.stderr)
+        bar.update(1)
+
+    for batch in image_batches(sources, args.max_pixels, args.batch_size, failed):
         predictions = segmenter.predict(
             batch, score_threshold=args.threshold, mask_threshold=args.mask_threshold,
             classes=classes or None, max_detections=args.max_detections, batch_size=len(batch),
@@ -150,7 +153,7 @@ def run_predict(args: argparse.Namespace) -> int:
             write_bundle(prediction, args.out / folders.name(prediction.image_stem), options)
             objects += len(prediction.instances)
             written += 1
-            if len(files) == 1:
+            if len(sources) == 1:
                 print(f"{prediction.image_name}: {prediction.summary()}")
             bar.update(1)
     bar.close()

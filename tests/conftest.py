@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -69,6 +74,44 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+OFFLINE_ENV = {
+    # A dead proxy: torchvision's download fails at once, as on a machine with no network.
+    "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+    "http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+    "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost",
+}
+
+
+@contextlib.contextmanager
+def app_subprocess(tmp_path: Path, env: dict[str, str], timeout_s: float = 180):
+    """`python app.py` as a user runs it, on a free port, until it answers; yields (url, log path)."""
+    port = free_port()
+    full_env = {**os.environ, **env, "MASKSEG_PORT": str(port)}
+    log = tmp_path / f"app-{port}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.time() + timeout_s
+        while True:
+            assert proc.poll() is None, f"app.py exited early:\n{log.read_text()}"
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, f"app.py did not answer within {timeout_s:.0f} s:\n{log.read_text()}"
+            time.sleep(1)
+        yield url, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 # The app server the API and browser tests share: random v1 weights, threshold 0 (random weights

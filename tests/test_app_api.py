@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import socket
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import APP_MAX_PIXELS, REPO_ROOT, free_port, require_or_skip
+from conftest import APP_MAX_PIXELS, OFFLINE_ENV, REPO_ROOT, app_subprocess, free_port, require_or_skip
 
 pytestmark = pytest.mark.server
 
@@ -221,36 +222,22 @@ def test_fresh_machine_app_starts_offline_and_segments_with_the_demo_model(tmp_p
     require_or_skip(DEMO_CHECKPOINT.is_file(), f"the offline demo checkpoint {DEMO_CHECKPOINT} is not built yet")
     examples = sorted((REPO_ROOT / "assets" / "examples").glob("shapes_*.png"))
     require_or_skip(bool(examples), "no synthetic shapes example in assets/examples")
-    port = free_port()
     env = {
-        **os.environ,
+        **OFFLINE_ENV,
         "TORCH_HOME": str(tmp_path / "empty_torch_home"),
-        # A dead proxy: torchvision's download fails at once, as on a machine with no network.
-        "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-        "http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
-        "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost",
-        "MASKSEG_PORT": str(port), "MASKSEG_MODEL": "auto", "MASKSEG_DEVICE": "cpu",
+        "MASKSEG_MODEL": "auto", "MASKSEG_DEVICE": "cpu",
         "MASKSEG_CHECKPOINTS_DIR": str(tmp_path / "checkpoints"),
     }
-    log = tmp_path / "app.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, f"app.py exited early:\n{log.read_text()}"
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, f"app.py did not answer within 180 s:\n{log.read_text()}"
-            time.sleep(1)
+    with app_subprocess(tmp_path, env) as (url, log):
         text = log.read_text()
         assert text.count("could not be downloaded") == 1, text
         assert "Shapes demo" in text
+        assert "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth" in text, "the operator's terminal names the file"
+        with urllib.request.urlopen(url + "config", timeout=10) as response:
+            page_config = json.loads(response.read())
+        notices = [c["props"].get("value") or "" for c in page_config["components"] if c["props"].get("elem_id") == "notice"]
+        assert notices and "Shapes demo" in notices[0], notices
+        assert ".pth" not in notices[0] and "checkpoints" not in notices[0] and "/" not in notices[0], notices[0]
 
         from gradio_client import Client, handle_file
 
@@ -259,9 +246,3 @@ def test_fresh_machine_app_starts_offline_and_segments_with_the_demo_model(tmp_p
             image=handle_file(str(examples[0])), model="shapes-demo", score_threshold=0.5, api_name="/segment"
         )
         assert table["data"], f"the shapes demo found nothing in {examples[0].name}: {status}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()

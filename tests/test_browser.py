@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from conftest import REPO_ROOT, require_or_skip
 
@@ -26,22 +27,23 @@ NUMBER_BOX = "#threshold input[data-testid=number-input]"
 
 
 @pytest.fixture(scope="module")
-def browser_page(app_server):
+def playwright():
+    """One Playwright driver for the module (the sync API allows only one at a time)."""
     chromium = shutil.which(CHROMIUM) or (CHROMIUM if Path(CHROMIUM).is_file() else None)
     require_or_skip(chromium is not None, f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:  # pragma: no cover - requirements-dev.txt installs it
         require_or_skip(False, "playwright is not installed (pip install playwright)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(accept_downloads=True, viewport={"width": 1400, "height": 1000})
-        page = context.new_page()
-        page.set_default_timeout(60_000)
-        page.goto(app_server)
-        page.wait_for_selector("#input-image input[type=file]", state="attached")
-        yield page
-        browser.close()
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def browser_page(app_server, playwright):
+    browser, page = _launch_page(playwright, app_server)
+    yield page
+    browser.close()
 
 
 def _status(page) -> str:
@@ -75,21 +77,28 @@ def _set_threshold(page, value: float) -> None:
 
 
 def _download_zip(page, tmp_path: Path, expected_rows: int) -> Path:
-    """Wait until the download link's zip has `expected_rows` objects, then download it."""
+    """Press Download, then save the zip it builds and check it holds `expected_rows` objects."""
     from maskseg.engine.verify import check_bundle
 
-    for attempt in range(30):
-        with page.expect_download() as info:
-            page.locator("#bundle a[download]").first.click()
-        target = tmp_path / f"bundle_{attempt}.zip"
-        info.value.save_as(target)
-        with zipfile.ZipFile(target) as archive:
-            rows = list(csv.reader(io.StringIO(archive.read("objects.csv").decode())))[1:]
-        if len(rows) == expected_rows:
-            check_bundle(target)
-            return target
-        page.wait_for_timeout(500)  # the zip follows the overlay; give it a moment
-    raise AssertionError(f"the downloaded zip never had {expected_rows} objects (last: {len(rows)})")
+    assert page.locator("#bundle a[download]").count() == 0, "a zip must only be built when asked for"
+    page.click("#download")
+    page.wait_for_selector("#bundle a[download]", timeout=60_000)
+    with page.expect_download() as info:
+        page.locator("#bundle a[download]").first.click()
+    target = tmp_path / "bundle.zip"
+    info.value.save_as(target)
+    with zipfile.ZipFile(target) as archive:
+        rows = list(csv.reader(io.StringIO(archive.read("objects.csv").decode())))[1:]
+    assert len(rows) == expected_rows, f"the zip has {len(rows)} objects, the screen {expected_rows}"
+    check_bundle(target)
+    return target
+
+
+def _visible_examples(page) -> str:
+    """Which example row the page shows: 'photos', 'shapes' or 'both'/'none'."""
+    photos = page.locator("#examples-photos").is_visible()
+    shapes = page.locator("#examples-shapes").is_visible()
+    return {(True, False): "photos", (False, True): "shapes", (True, True): "both"}.get((photos, shapes), "none")
 
 
 def test_segment_slide_download_toggle_and_screenshot(browser_page, small_images, tmp_path):
@@ -175,10 +184,12 @@ def _save_screenshot(page) -> None:
         _set_threshold(page, 0.5)
         _wait_until_idle(page)
         runs = NETWORK_RUNS.count
+        assert _visible_examples(page) == "photos", "a COCO model shows the COCO example photos"
         page.click("#model input")
         page.get_by_role("option", name="Shapes demo (offline)").click()
         _wait_for(lambda: NETWORK_RUNS.count > runs, page)  # the new model re-runs the current photo
         _wait_until_idle(page)
+        assert _visible_examples(page) == "shapes", "the Shapes demo shows the shapes examples"
         page.set_input_files("#input-image input[type=file]", str(shapes[0]))
         page.wait_for_selector("#input-image img")
         runs = NETWORK_RUNS.count
@@ -189,3 +200,96 @@ def _save_screenshot(page) -> None:
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def _launch_page(playwright, url: str):
+    chromium = shutil.which(CHROMIUM) or CHROMIUM
+    browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+    page = browser.new_context(accept_downloads=True, viewport={"width": 1400, "height": 1000}).new_page()
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.wait_for_selector("#input-image input[type=file]", state="attached")
+    return browser, page
+
+
+def test_offline_visitor_sees_a_plain_notice_and_the_shapes_examples(playwright, tmp_path):
+    """No COCO weights: the page says so in plain words (no server paths) and offers the shapes examples."""
+    from maskseg.engine.models import DEMO_CHECKPOINT
+    from conftest import OFFLINE_ENV, app_subprocess
+
+    require_or_skip(DEMO_CHECKPOINT.is_file(), f"the offline demo checkpoint {DEMO_CHECKPOINT} is missing")
+    env = {**OFFLINE_ENV, "TORCH_HOME": str(tmp_path / "empty"), "MASKSEG_MODEL": "auto", "MASKSEG_DEVICE": "cpu",
+           "MASKSEG_CHECKPOINTS_DIR": str(tmp_path / "checkpoints")}
+    with app_subprocess(tmp_path, env) as (url, log):
+        browser, page = _launch_page(playwright, url)
+        try:
+            notice = page.locator("#notice").inner_text()
+            assert "Shapes demo" in notice and "shapes examples" in notice, notice
+            assert _visible_examples(page) == "shapes"
+            # Asking for a COCO model that is not here: a plain sentence, and still no path anywhere.
+            page.click("#model input")
+            page.get_by_role("option", name="Mask R-CNN v2 (COCO, ResNet-50 FPN v2) (not downloaded yet)").click()
+            page.get_by_text("weights are not on this server").first.wait_for(timeout=120_000)
+            text = page.evaluate("() => document.body.innerText")
+            for server_detail in (".pth", "hub/checkpoints", str(REPO_ROOT), "/tmp/", str(tmp_path)):
+                assert server_detail not in text, f"the page shows {server_detail!r}"
+            assert "maskrcnn_resnet50_fpn_v2_coco" in log.read_text(), "the operator's terminal names the file"
+        finally:
+            browser.close()
+
+
+def _folder_bytes(folders) -> int:
+    total = 0
+    for folder in folders:
+        for dirpath, _dirs, names in os.walk(folder):
+            for name in names:
+                try:
+                    total += os.path.getsize(os.path.join(dirpath, name))
+                except OSError:
+                    pass
+    return total
+
+
+def test_temp_files_stay_under_their_bound(browser_page, app_server, small_images, monkeypatch, tmp_path):
+    """50 /segment calls and 50 slider moves: the app's temp folders stay under the size bound."""
+    from gradio_client import Client, handle_file
+
+    from maskseg.app import tempfiles
+
+    store = tempfiles.TEMP_FILES
+    folders = store.roots()
+    assert any(str(tempfiles.gradio_cache_dir()).startswith(str(f)) for f in folders), "Gradio's cache is bounded too"
+    bound = 8 * 1024 * 1024
+    monkeypatch.setattr(store, "max_bytes", bound)
+    monkeypatch.setattr(store, "min_age_s", 0.0)
+    monkeypatch.setattr(tempfiles, "PRUNE_EVERY_S", 0.0)
+    store.prune()
+
+    client = Client(app_server, verbose=False)
+    photos = []
+    for name in sorted(small_images):  # thumbnails: the bound is about files, not inference time
+        with Image.open(small_images[name]) as im:
+            im.thumbnail((128, 128))
+            photos.append(tmp_path / f"{name}.jpg")
+            im.save(photos[-1])
+    for index in range(50):
+        *_, bundle = client.predict(image=handle_file(str(photos[index % len(photos)])), score_threshold=0.0,
+                                    api_name="/segment")
+        assert Path(bundle).is_file()
+        assert _folder_bytes(folders) <= bound, f"after /segment call {index + 1}"
+
+    page = browser_page
+    page.set_input_files("#input-image input[type=file]", str(small_images["kitchen"]))
+    page.wait_for_selector("#input-image img")
+    _set_threshold(page, 0.0)
+    page.click("#run")
+    page.wait_for_function("() => document.querySelector('#status textarea').value.includes('Objects:')")
+    opacity = "#opacity input[data-testid=number-input]"
+    if not page.locator(opacity).is_visible():
+        page.click("#advanced button, #advanced .label-wrap")
+    for move in range(50):
+        before = _overlay_src(page)
+        page.fill(opacity, "0.30" if move % 2 == 0 else "0.70")  # every move draws a different overlay
+        page.press(opacity, "Enter")
+        _wait_for_new_overlay(page, before)
+        assert _folder_bytes(folders) <= bound, f"after slider move {move + 1}"

@@ -198,3 +198,31 @@ def test_a_slow_model_build_does_not_block_a_loaded_model(random_weights_home, m
     assert time.perf_counter() - began < 1.0
     release.set()
     worker.join(10)
+
+
+def test_predict_expands_a_zip_into_a_bundle_per_image(inputs, random_weights_home, tmp_path) -> None:
+    """A zip works as in the app's Batch tab; a zip lying inside a folder is not expanded."""
+    import zipfile
+
+    photos = tmp_path / "photos.zip"
+    with zipfile.ZipFile(photos, "w") as archive:
+        archive.write(inputs / "bear.jpg", "holiday/bear.jpg")
+        archive.write(inputs / "street.jpg", "street.jpg")
+        archive.writestr("holiday/notes.txt", "not a photo")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "bear.jpg").write_bytes((inputs / "bear.jpg").read_bytes())
+    (folder / "inner.zip").write_bytes(photos.read_bytes())
+    out = tmp_path / "out"
+    result = run_cli("predict", str(photos), str(folder), "--out", str(out), "--threshold", "0",
+                     "--max-detections", "3", torch_home=random_weights_home)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"{photos}/holiday/notes.txt: notes.txt is not an image file Pillow can read." in result.stderr
+    assert "inner.zip" not in result.stderr + result.stdout
+    assert "Segmented 3 of 4 inputs" in result.stdout
+    # Three bundles: the zip's two images, and the folder's bear under a name of its own.
+    assert sorted(p.name for p in out.iterdir()) == ["bear", "bear_2", "street"]
+    for bundle in out.iterdir():
+        assert check_bundle(bundle).num_instances == 3
+    assert len(list((out / "street" / "cutouts").glob("*.png"))) == 3

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from maskseg.errors import MaskSegError
-from maskseg.engine.export import write_batch_zip, write_bundle, write_bundle_zip
+from maskseg.engine.export import FolderNamer, write_batch_zip, write_bundle, write_bundle_zip
 from maskseg.engine.render import RenderOptions, instance_color, render_overlay
 from maskseg.engine.verify import check_bundle
 
@@ -219,3 +221,127 @@ def test_empty_prediction_still_exports(prediction, tmp_path) -> None:
     assert "No objects above 1.00; lower the threshold" in none.summary()
     summary = check_bundle(write_bundle(none, tmp_path / "empty"))
     assert summary.num_instances == 0
+
+
+@pytest.fixture(scope="module")
+def rotated_photo(tmp_path_factory) -> str:
+    """The bear as a JPEG whose pixels are stored sideways with EXIF "rotate 90° clockwise"."""
+    image = Image.open(PHOTO)
+    image.thumbnail((240, 240))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path_factory.mktemp("rotated") / "sideways.jpg"
+    image.transpose(Image.Transpose.ROTATE_90).save(path, exif=exif.tobytes())
+    return str(path)
+
+
+def _by_id(folder: Path, kind: str) -> dict[int, Path]:
+    return {int(p.name.split("_")[0]): p for p in (folder / kind).iterdir()}
+
+
+def test_cutouts_are_the_photo_inside_each_mask_cropped_tight(segmenter, rotated_photo, tmp_path) -> None:
+    pred = segmenter.predict_one(rotated_photo, score_threshold=0.0, max_detections=8)
+    folder = write_bundle(pred, tmp_path / "sideways")
+    assert check_bundle(folder).num_instances == 8
+    # The photo as a person sees it, read independently of maskseg.
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(rotated_photo)).convert("RGB"))
+    assert upright.shape == pred.image.shape and upright.shape[0] > upright.shape[1]
+    masks, cutouts = _by_id(folder, "masks"), _by_id(folder, "cutouts")
+    assert sorted(cutouts) == list(range(1, 9))
+    assert {i: p.name for i, p in cutouts.items()} == {i: p.name for i, p in masks.items()}
+    document = json.loads((folder / "instances.json").read_text())
+    for ann in document["annotations"]:
+        mask = mask_utils.decode(ann["segmentation"]).astype(bool)
+        ys, xs = np.nonzero(mask)
+        with Image.open(cutouts[ann["id"]]) as png:
+            assert png.mode == "RGBA"
+            cutout = np.asarray(png)
+        if ys.size == 0:
+            assert cutout.shape == (1, 1, 4) and not cutout.any()
+            continue
+        top, left = ys.min(), xs.min()
+        tight = mask[top : ys.max() + 1, left : xs.max() + 1]
+        assert cutout.shape[:2] == tight.shape
+        assert np.array_equal(cutout[..., 3] > 0, tight)
+        assert set(np.unique(cutout[..., 3]).tolist()) <= {0, 255}
+        window = upright[top : top + tight.shape[0], left : left + tight.shape[1]]
+        assert np.array_equal(cutout[..., :3][tight], window[tight])
+        assert not cutout[..., :3][~tight].any()  # nothing of the background rectangle leaks out
+
+
+def test_an_empty_mask_gives_a_transparent_pixel_not_a_crash(tmp_path) -> None:
+    from maskseg.engine.cutouts import cutout_rgba
+    from maskseg.engine.prediction import Instance, Prediction
+
+    image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    solid = Instance(1, 1, "person", 0.9, (10.0, 5.0, 30.0, 25.0), torch.ones(28, 28))
+    empty = Instance(2, 18, "dog", 0.8, (40.0, 10.0, 60.0, 30.0), torch.zeros(28, 28))
+    outside = Instance(3, 3, "car", 0.7, (200.0, 200.0, 220.0, 220.0), torch.ones(28, 28))
+    pred = Prediction(image, "tiny.png", [solid, empty, outside], 0.05, 0.5)
+    assert cutout_rgba(pred, empty).shape == (1, 1, 4) and not cutout_rgba(pred, empty).any()
+    folder = write_bundle(pred, tmp_path / "tiny")
+    assert check_bundle(folder).num_instances == 3
+    assert check_bundle(write_bundle_zip(pred, tmp_path / "tiny.zip")).num_instances == 3
+    for name in ("02_dog.png", "03_car.png"):
+        with Image.open(folder / "cutouts" / name) as png:
+            assert png.size == (1, 1) and png.getpixel((0, 0))[3] == 0
+    with Image.open(folder / "cutouts" / "01_person.png") as png:
+        solid_cutout = np.asarray(png)
+    # An all-ones mask fills its box, so the cut-out is that block of the photo, fully opaque.
+    mask = mask_utils.decode(json.loads((folder / "instances.json").read_text())["annotations"][0]["segmentation"])
+    ys, xs = np.nonzero(mask)
+    assert (solid_cutout[..., 3] == 255).all() and mask.sum() == solid_cutout.shape[0] * solid_cutout.shape[1]
+    assert np.array_equal(solid_cutout[..., :3], image[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
+
+
+def test_check_bundle_names_a_tampered_missing_extra_or_stale_cutout(prediction, tmp_path) -> None:
+    pred = prediction.filter(max_detections=4)
+    good = write_bundle(pred, tmp_path / "good")
+    check_bundle(good)
+    first, second = sorted((good / "cutouts").iterdir())[:2]
+
+    def broken(name: str, change) -> Path:
+        folder = shutil.copytree(good, tmp_path / name)
+        change(folder)
+        return folder
+
+    def punch_hole(folder: Path) -> None:
+        pixels = np.asarray(Image.open(folder / "cutouts" / first.name)).copy()
+        ys, xs = np.nonzero(pixels[..., 3])
+        pixels[ys[0], xs[0], 3] = 0
+        Image.fromarray(pixels, "RGBA").save(folder / "cutouts" / first.name)
+
+    cases = {
+        "hole": (punch_hole, first.name),
+        "missing": (lambda f: (f / "cutouts" / first.name).unlink(), first.name),
+        "extra": (lambda f: shutil.copy(f / "cutouts" / first.name, f / "cutouts" / "99_person.png"), "99_person.png"),
+        "stale": (lambda f: shutil.copy(f / "cutouts" / second.name, f / "cutouts" / first.name), first.name),
+        "opaque": (lambda f: Image.open(f / "cutouts" / first.name).convert("RGB").save(f / "cutouts" / first.name),
+                   first.name),
+    }
+    for case, (change, named) in cases.items():
+        with pytest.raises(AssertionError, match=named):
+            check_bundle(broken(case, change))
+    with pytest.raises(AssertionError, match="no cutouts/ folder"):
+        check_bundle(broken("old-format", lambda f: shutil.rmtree(f / "cutouts")))
+
+
+def test_rewrites_and_zips_carry_one_cutout_per_object(prediction, tmp_path) -> None:
+    pred = prediction.filter(max_detections=5)
+    folder = write_bundle(pred, tmp_path / "bear")
+    write_bundle(pred.filter(max_detections=2), folder)
+    assert sorted(_by_id(folder, "cutouts")) == [1, 2]  # no stale cut-outs from the first run
+    check_bundle(folder)
+    batch = write_batch_zip([pred, pred.filter(max_detections=1)], tmp_path / "all.zip")
+    with zipfile.ZipFile(batch) as archive:
+        names = archive.namelist()
+    for stem, count in (("bear", 5), ("bear_2", 1)):
+        cut = sorted(n[len(stem) + 9 :] for n in names if n.startswith(f"{stem}/cutouts/"))
+        masks = sorted(n[len(stem) + 7 :] for n in names if n.startswith(f"{stem}/masks/"))
+        assert len(cut) == count and cut == masks
+
+
+def test_bundle_folder_names_stay_inside_the_output_folder() -> None:
+    namer = FolderNamer()
+    names = [namer.name(stem) for stem in ("..", ".", "", "a\\..\\b", "Cat", "cat", "x:y", "bear")]
+    assert names == ["image", "image_2", "image_3", "a_.._b", "Cat", "cat_2", "x_y", "bear"]

@@ -121,3 +121,67 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path) -> None:
     # The limit is configurable.
     with pytest.raises(ImageLoadError, match="over the 1-megapixel limit"):
         load_image(_png_bytes(Image.new("RGB", (1200, 1000))), name="big.png", max_pixels=1_000_000)
+
+
+def _zip_of(path, members: dict[str, bytes]):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_zips_expand_into_their_images_and_name_every_other_file(tmp_path) -> None:
+    from maskseg.engine.sources import collect_batch_images
+
+    red = _png_bytes(Image.new("RGB", (12, 10), (255, 0, 0)))
+    blue = _png_bytes(Image.new("RGB", (8, 6), (0, 0, 255)))
+    photos = _zip_of(tmp_path / "photos.zip", {
+        "a/red.png": red, "b/blue.png": blue, "b/notes.txt": b"not a photo", "__MACOSX/b/._blue.png": b"junk",
+    })
+    loose = tmp_path / "loose.png"
+    loose.write_bytes(red)
+    text = tmp_path / "readme.txt"
+    text.write_text("hello")
+    collected = collect_batch_images([loose, photos, text], max_pixels=1_000_000)
+    assert [(i.name, i.pixels.shape) for i in collected.images] == [
+        ("loose.png", (10, 12, 3)), ("red.png", (10, 12, 3)), ("blue.png", (6, 8, 3))
+    ]
+    assert collected.images[2].pixels[0, 0].tolist() == [0, 0, 255]
+    assert [name for name, _ in collected.skipped] == ["photos.zip/b/notes.txt", "readme.txt"]
+    assert "notes.txt is not an image file Pillow can read" in collected.skipped[0][1]
+
+
+def test_damaged_and_oversized_zip_members_are_named_not_raised(tmp_path) -> None:
+    from maskseg.engine.sources import expand_sources, read_sources
+
+    red = _png_bytes(Image.new("RGB", (12, 10), (255, 0, 0)))
+    damaged = bytearray(_zip_of(tmp_path / "d.zip", {"good.png": red, "bad.png": red}).read_bytes())
+    second = damaged.rindex(red[:32])  # the stored bytes of bad.png: break its CRC
+    damaged[second + 40] ^= 0xFF
+    (tmp_path / "d.zip").write_bytes(bytes(damaged))
+    sources, refused = expand_sources([tmp_path / "d.zip"], max_members=1)
+    assert [s.short_name for s in sources] == ["d.zip/good.png"]
+    assert refused[0][1] == "d.zip holds 2 files; at most 1 are read."
+    sources, refused = expand_sources([tmp_path / "d.zip"])
+    results = [(s.short_name, image is not None, reason) for s, image, reason in read_sources(sources, 1_000_000)]
+    assert results[0] == ("d.zip/good.png", True, "")
+    assert results[1][:2] == ("d.zip/bad.png", False) and "bad.png could not be unpacked" in results[1][2]
+
+
+def test_sources_are_listed_without_decoding_and_read_one_at_a_time(tmp_path, monkeypatch) -> None:
+    """A big zip is never decoded up front: the command line streams it image by image."""
+    from maskseg.engine import sources as sources_module
+
+    red = _png_bytes(Image.new("RGB", (12, 10), (255, 0, 0)))
+    archive = _zip_of(tmp_path / "many.zip", {f"{k:03d}.png": red for k in range(20)})
+    decoded = []
+    real_load = sources_module.load_image
+    monkeypatch.setattr(sources_module, "load_image", lambda *a, **k: decoded.append(1) or real_load(*a, **k))
+    listed, refused = sources_module.expand_sources([archive], walk_folders=True, max_members=None)
+    assert len(listed) == 20 and not refused and not decoded
+    stream = sources_module.read_sources(listed, 1_000_000)
+    first = next(stream)
+    assert first[1].name == "000.png" and len(decoded) == 1
+    assert len(list(stream)) == 19

@@ -101,7 +101,7 @@ def test_transfer_learning_only_when_coco_weights_are_on_disk(tmp_path, monkeypa
 
 
 def test_train_tab_session_saves_a_checkpoint_the_app_can_list(tmp_path):
-    from maskseg.app.train_tab import run_training_session
+    from maskseg.training.session import run_training_session
 
     torch.set_num_threads(1)
     updates = list(

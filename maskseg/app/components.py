@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import gradio as gr
@@ -9,7 +10,7 @@ import pandas as pd
 
 from maskseg.engine.prediction import TABLE_COLUMNS
 from maskseg.engine.render import color_hex
-from maskseg.errors import MaskSegError
+from maskseg.errors import CheckpointError, MaskSegError, WeightsMissingError
 
 try:  # ZeroGPU on Hugging Face Spaces: the function that runs the network asks for a GPU.
     import spaces  # type: ignore
@@ -44,7 +45,23 @@ def pass_upload_path_through(component: Any) -> Any:
 
 
 def user_error(exc: MaskSegError) -> gr.Error:
-    """A MaskSegError as the one sentence the page shows (no traceback in the server log)."""
+    """A MaskSegError as the one sentence the page shows (no traceback in the server log).
+
+    Missing weights and unreadable checkpoints name files and folders on the server: the operator
+    gets that sentence in the terminal, the visitor a plain one with nothing they cannot act on.
+    """
+    if isinstance(exc, WeightsMissingError):
+        print(f"maskseg: {exc}", file=sys.stderr, flush=True)
+        return gr.Error(
+            "That model's weights are not on this server and could not be downloaded; pick another "
+            "model (the operator's terminal says where the file goes).", print_exception=False,
+        )
+    if isinstance(exc, CheckpointError):
+        print(f"maskseg: {exc}", file=sys.stderr, flush=True)
+        return gr.Error(
+            "That checkpoint could not be loaded on this server; pick another model (the operator's "
+            "terminal says why).", print_exception=False,
+        )
     return gr.Error(str(exc), print_exception=False)
 
 

@@ -65,6 +65,8 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
         segment_tab.select(refresh, [segment.model], [segment.model], api_visibility="private", queue=False)
         batch_tab.select(refresh, [batch_model], [batch_model], api_visibility="private", queue=False)
         demo.unload(_drop_session_files)
+    # What Gradio keeps cached for good (example thumbnails, default values) must outlive pruning.
+    TEMP_FILES.protect(lambda: {p for block in demo.blocks.values() for p in getattr(block, "keep_in_cache", ())})
     demo.maskseg_config = config  # type: ignore[attr-defined]
     demo.maskseg_default_model = startup.model  # type: ignore[attr-defined]
     demo.maskseg_notice = startup.operator_notice  # type: ignore[attr-defined]

@@ -100,12 +100,11 @@ def _result_column():
     )
     status = gr.Textbox(label="Status", interactive=False, elem_id="status", lines=1)
     legend = gr.HTML(elem_id="legend")
-    with gr.Row(equal_height=True):
-        download_btn = gr.Button("Download zip", elem_id="download", scale=0, min_width=160)
-        zip_out = gr.File(
-            label="Overlay, masks, cut-outs, label map, JSON and CSV of what is on screen",
-            elem_id="bundle", interactive=False, scale=3,
-        )
+    download_btn = gr.Button("Prepare download (zip of what is on screen)", elem_id="download", size="md")
+    zip_out = gr.File(
+        label="Overlay, masks, cut-outs, label map, COCO JSON and CSV", elem_id="bundle", interactive=False,
+        height=70,
+    )
     cutouts = gr.Gallery(
         label="Cut-outs (transparent PNG, one per object)", columns=6, height=220, format="png",
         elem_id="cutouts", object_fit="contain",
@@ -213,6 +212,7 @@ class SegmentHandlers:
         """A control moved: re-filter and redraw the cached prediction; the old zip no longer applies."""
         if result is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), None, gr.skip()
+        TEMP_FILES.maybe_prune()  # each move leaves an overlay in Gradio's cache
         controls, note = clamp_to_floor(result.base, controls_from(*control_values))
         try:
             overlay, rows, legend_value, status_value, session_value = self._view(result, controls, live=True)[1]

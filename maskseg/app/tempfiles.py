@@ -13,12 +13,13 @@ import threading
 import time
 from collections import defaultdict, deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 DEFAULT_ROOT = Path(tempfile.gettempdir()) / "maskseg-app"
 DEFAULT_MAX_MB = 500.0
 DEFAULT_MAX_AGE_S = 3600.0
-MIN_AGE_S = 20.0  # never remove a file younger than this for size: a browser may be about to fetch it
+MIN_AGE_S = 10.0  # never remove a file younger than this for size: a browser may be about to fetch it
+PRUNE_TO = 0.8  # prune below the bound, so the files of the next few requests still fit under it
 KEEP_PER_SESSION = 2  # a session's newest zips; older ones are superseded by what is on screen
 PRUNE_EVERY_S = 5.0
 
@@ -42,6 +43,18 @@ class TempFiles:
         self._lock = threading.Lock()
         self._by_session: dict[str, deque[Path]] = defaultdict(deque)
         self._last_prune = 0.0
+        self.min_age_s = MIN_AGE_S
+        self._protected: list[Callable[[], set[str]]] = []
+
+    def protect(self, paths: Callable[[], set[str]]) -> None:
+        """Never prune these files (Gradio's cached examples and default values, which it serves for good)."""
+        self._protected.append(paths)
+
+    def _protected_paths(self) -> set[str]:
+        found: set[str] = set()
+        for source in self._protected:
+            found.update(str(Path(p).resolve()) for p in source())
+        return found
 
     def new_path(self, stem: str, suffix: str = ".zip", request: Any = None) -> Path:
         """A new file path in its own folder; the session's older files beyond the newest few go."""
@@ -83,13 +96,15 @@ class TempFiles:
         with self._lock:
             self._last_prune = time.monotonic()
             now = time.time()
+            keep = self._protected_paths()
             files = sorted(self._files(), key=lambda item: item[2])
             total = sum(size for _p, size, _m in files)
+            soft_limit = PRUNE_TO * self.max_bytes  # headroom for what arrives before the next prune
             for path, size, mtime in files:
                 age = now - mtime
                 too_old = age > self.max_age_s
-                too_big = total > self.max_bytes and age > MIN_AGE_S
-                if not (too_old or too_big):
+                too_big = total > soft_limit and age >= self.min_age_s
+                if not (too_old or too_big) or str(path.resolve()) in keep:
                     continue
                 try:
                     path.unlink()

@@ -16,8 +16,7 @@ def cutout_file_name(instance_id: int, class_name: str) -> str:
 
 
 def cutout_rgba(prediction: Prediction, instance: Instance) -> np.ndarray:
-    """The object's photo pixels, opaque inside its mask and transparent elsewhere, cropped to
-    the mask's tight bounding rectangle (1×1 transparent when the mask is empty)."""
+    """The object's photo pixels as RGBA, transparent outside its mask, cropped tight (1×1 if empty)."""
     crop = prediction.mask_crop(instance)
     rows = np.flatnonzero(crop.pixels.any(axis=1)) if crop.pixels.size else np.empty(0, dtype=np.int64)
     if rows.size == 0:
@@ -27,6 +26,9 @@ def cutout_rgba(prediction: Prediction, instance: Instance) -> np.ndarray:
     inside = crop.pixels[r0:r1, c0:c1]
     y0, x0 = crop.y0 + r0, crop.x0 + c0
     out = np.zeros((r1 - r0, c1 - c0, 4), dtype=np.uint8)
-    out[..., :3] = prediction.image[y0 : y0 + (r1 - r0), x0 : x0 + (c1 - c0)]
+    # Copy only the pixels inside the mask: transparent pixels stay 0, so the background of the
+    # rectangle cannot be recovered from a shared cut-out (and the PNG is smaller).
+    photo = prediction.image[y0 : y0 + (r1 - r0), x0 : x0 + (c1 - c0)]
+    np.copyto(out[..., :3], photo, where=inside[..., None])
     out[..., 3] = inside * np.uint8(255)
     return out

@@ -1,4 +1,4 @@
-"""Export bundles: overlay, per-object PNG masks, label map, COCO JSON (RLE) and CSV, all agreeing."""
+"""Export bundles: overlay, per-object PNG masks and cut-outs, label map, COCO JSON (RLE) and CSV, all agreeing."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from maskseg import __version__
+from maskseg.engine.cutouts import cutout_file_name, cutout_rgba
 from maskseg.engine.prediction import TABLE_COLUMNS, Prediction
 from maskseg.engine.render import RenderOptions, render_overlay
 
@@ -33,11 +34,16 @@ def mask_file_name(instance_id: int, class_name: str) -> str:
 FLAT_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
             cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
 PHOTO_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 3]
+# Cut-outs together can cover more pixels than the photo (objects overlap): level 1 encodes them
+# about a third faster than level 3 for files a few percent larger (OpenCV beats Pillow by ~15%).
+CUTOUT_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 
 
 def encode_png(array: np.ndarray) -> bytes:
-    """PNG bytes of an RGB photo, or of an 8-/16-bit single-channel mask or label map."""
-    if array.ndim == 3:
+    """PNG bytes of an RGB photo, an RGBA cut-out, or an 8-/16-bit single-channel mask or label map."""
+    if array.ndim == 3 and array.shape[2] == 4:
+        ok, buffer = cv2.imencode(".png", cv2.cvtColor(array, cv2.COLOR_RGBA2BGRA), CUTOUT_PNG)
+    elif array.ndim == 3:
         ok, buffer = cv2.imencode(".png", cv2.cvtColor(array, cv2.COLOR_RGB2BGR), PHOTO_PNG)
     else:
         ok, buffer = cv2.imencode(".png", array, FLAT_PNG)
@@ -104,7 +110,7 @@ def csv_text(prediction: Prediction) -> str:
 
 
 def bundle_files(prediction: Prediction, options: RenderOptions = RenderOptions()) -> Iterator[tuple[str, bytes]]:
-    """(relative path, bytes) for every file of one image's bundle, one mask in memory at a time."""
+    """(relative path, bytes) for every file of one image's bundle, one object in memory at a time."""
     yield "overlay.png", encode_png(render_overlay(prediction, options))
     rles = []
     height, width = prediction.height, prediction.width
@@ -118,6 +124,8 @@ def bundle_files(prediction: Prediction, options: RenderOptions = RenderOptions(
         as_png = np.zeros((height, width), dtype=np.uint8)
         as_png[crop.y0 : crop.y1, crop.x0 : crop.x1] = crop.pixels * np.uint8(255)
         yield mask_file_name(inst.id, inst.class_name), encode_png(as_png)
+        del as_fortran, as_png  # free the full-size masks before the cut-out is made
+        yield cutout_file_name(inst.id, inst.class_name), encode_png(cutout_rgba(prediction, inst))
     yield "label_map.png", encode_png(prediction.label_map())
     yield "instances.json", json.dumps(coco_document(prediction, rles), indent=1).encode()
     yield "objects.csv", csv_text(prediction).encode()
@@ -126,9 +134,10 @@ def bundle_files(prediction: Prediction, options: RenderOptions = RenderOptions(
 def write_bundle(prediction: Prediction, out_dir: str | Path, options: RenderOptions = RenderOptions()) -> Path:
     """Write one image's bundle as a folder; returns the folder."""
     out_dir = Path(out_dir)
-    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-    for old in (out_dir / "masks").glob("*.png"):
-        old.unlink()  # a re-run with fewer objects must not leave stale masks behind
+    for per_object in ("masks", "cutouts"):
+        (out_dir / per_object).mkdir(parents=True, exist_ok=True)
+        for old in (out_dir / per_object).glob("*.png"):
+            old.unlink()  # a re-run with fewer objects must not leave stale files behind
     for relative, data in bundle_files(prediction, options):
         (out_dir / relative).write_bytes(data)
     return out_dir
@@ -139,6 +148,14 @@ def write_bundle_zip(prediction: Prediction, zip_path: str | Path, options: Rend
     return write_batch_zip([prediction], zip_path, options, folders=False)
 
 
+def safe_folder_name(stem: str) -> str:
+    """The stem as a single harmless path component: no separators, never "." or ".."."""
+    # Stems come from file names inside uploaded zips too: "...jpg" has the stem "..", and a
+    # backslash is a separator on Windows; either would put a bundle outside the output folder.
+    cleaned = re.sub(r'[\\/:*?"<>|\x00-\x1f]', "_", stem).strip()
+    return "image" if cleaned.strip(".") == "" else cleaned
+
+
 class FolderNamer:
     """Bundle folder names: the image stem, or stem_2, stem_3... when that name is taken."""
 
@@ -146,12 +163,15 @@ class FolderNamer:
         self._used: set[str] = set()
 
     def name(self, stem: str) -> str:
+        """A free folder name for this image stem, made safe to use as one path component."""
+        stem = safe_folder_name(stem)
         candidate, k = stem, 1
         # Check every candidate, not just the stem: inputs a, a and a_2 must not share a folder.
-        while candidate in self._used:
+        # Compare case-folded: on macOS and Windows "Cat" and "cat" are the same folder.
+        while candidate.casefold() in self._used:
             k += 1
             candidate = f"{stem}_{k}"
-        self._used.add(candidate)
+        self._used.add(candidate.casefold())
         return candidate
 
 

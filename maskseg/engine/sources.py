@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
-from maskseg.engine.images import LoadedImage, load_image
+from maskseg.engine.images import LoadedImage, is_image_path, load_image
 from maskseg.errors import MaskSegError
 
 MAX_ZIP_MEMBERS = 500
@@ -16,45 +17,135 @@ MAX_MEMBER_BYTES = 200 * 1024 * 1024
 
 SKIP_NAMES = ("__MACOSX/", ".DS_Store", "Thumbs.db")
 
+# What a damaged or unusual zip member raises while it is unpacked: bad CRC or header, a lying
+# size, an encrypted member (RuntimeError), a compression method zipfile lacks, corrupt deflate data.
+UNPACK_ERRORS = (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError, zlib.error)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One thing that may be an image: a file, or member number `index` of a zip file."""
+
+    path: Path
+    member: str | None = None  # the file's name inside the zip at `path`
+    index: int = -1  # its position in the zip's directory (a zip may hold one name twice)
+
+    @property
+    def short_name(self) -> str:
+        """The name a person sees in the app: file name, or zip name/member name."""
+        return self.path.name if self.member is None else f"{self.path.name}/{self.member}"
+
+    @property
+    def full_name(self) -> str:
+        """The name the command line prints: the path as given, or zip path/member name."""
+        return str(self.path) if self.member is None else f"{self.path}/{self.member}"
+
+
 @dataclass
 class BatchInputs:
+    """What a batch upload held: the images read, and (name, reason) for each file skipped."""
+
     images: list[LoadedImage]
     skipped: list[tuple[str, str]]  # (file name, reason)
 
-def collect_batch_images(paths: Sequence[str | Path], max_pixels: int) -> BatchInputs:
-    """Read every upload (images, or zips of images); whatever is not an image is skipped with a reason."""
-    images: list[LoadedImage] = []
-    skipped: list[tuple[str, str]] = []
+
+def is_zip_input(path: Path) -> bool:
+    """Whether a file is read as a zip of images (a file named like an image is always read as one)."""
+    return path.is_file() and not is_image_path(path) and zipfile.is_zipfile(path)
+
+
+def expand_sources(
+    paths: Iterable[str | Path], walk_folders: bool = False, max_members: int | None = MAX_ZIP_MEMBERS
+) -> tuple[list[Source], list[tuple[Source, str]]]:
+    """Files to try, in order, none decoded (zips as members, folders as image files); and inputs refused."""
+    sources: list[Source] = []
+    refused: list[tuple[Source, str]] = []
     for raw in paths:
         path = Path(raw)
-        if zipfile.is_zipfile(path):
-            _collect_from_zip(path, max_pixels, images, skipped)
-            continue
-        try:
-            images.append(load_image(path, name=path.name, max_pixels=max_pixels))
-        except MaskSegError as exc:
-            skipped.append((path.name, str(exc)))
-    return BatchInputs(images, skipped)
+        if walk_folders and path.is_dir():
+            # Only image files: a zip or document lying in a folder is not expanded by surprise.
+            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p))
+            if not found:
+                refused.append((Source(path), "folder holds no image files"))
+            sources.extend(Source(p) for p in found)
+        elif is_zip_input(path):
+            _expand_zip(path, max_members, sources, refused)
+        elif walk_folders and not path.exists():
+            refused.append((Source(path), "does not exist"))
+        else:
+            sources.append(Source(path))  # load_image names whatever is wrong with it
+    return sources, refused
 
-def _collect_from_zip(path: Path, max_pixels: int, images: list, skipped: list) -> None:
+
+def _expand_zip(path: Path, max_members: int | None, sources: list, refused: list) -> None:
     try:
-        archive = zipfile.ZipFile(path)
+        with zipfile.ZipFile(path) as archive:
+            entries = list(enumerate(archive.infolist()))
     except (zipfile.BadZipFile, OSError) as exc:
-        skipped.append((path.name, f"{path.name} is not a readable zip ({exc})."))
+        refused.append((Source(path), f"{path.name} is not a readable zip ({exc})."))
         return
-    with archive:
-        members = [m for m in archive.infolist() if not m.is_dir() and not any(s in m.filename for s in SKIP_NAMES)]
-        if len(members) > MAX_ZIP_MEMBERS:
-            skipped.append((path.name, f"{path.name} holds {len(members)} files; at most {MAX_ZIP_MEMBERS} are read."))
-            members = members[:MAX_ZIP_MEMBERS]
-        for member in members:
-            name = f"{path.name}/{member.filename}"
+    members = [(i, m) for i, m in entries if not m.is_dir() and not any(s in m.filename for s in SKIP_NAMES)]
+    if max_members is not None and len(members) > max_members:
+        refused.append((Source(path), f"{path.name} holds {len(members)} files; at most {max_members} are read."))
+        members = members[:max_members]
+    for index, member in members:
+        source = Source(path, member.filename, index)
+        if member.file_size > MAX_MEMBER_BYTES:
             base = Path(member.filename).name
-            if member.file_size > MAX_MEMBER_BYTES:
-                skipped.append((name, f"{base} is {member.file_size / 1e6:.0f} MB unpacked; too large to read."))
+            refused.append((source, f"{base} is {member.file_size / 1e6:.0f} MB unpacked; too large to read."))
+        else:
+            sources.append(source)
+
+
+def read_sources(sources: Iterable[Source], max_pixels: int) -> Iterator[tuple[Source, LoadedImage | None, str]]:
+    """(source, image, "") or (source, None, reason) per source, decoding one image per step."""
+    archive: zipfile.ZipFile | None = None
+    archive_path: Path | None = None
+    reason = ""
+    try:
+        for source in sources:
+            if source.member is None:
+                try:
+                    yield source, load_image(source.path, name=source.path.name, max_pixels=max_pixels), ""
+                except MaskSegError as exc:
+                    yield source, None, str(exc)
                 continue
-            try:
-                images.append(load_image(archive.read(member), name=base, max_pixels=max_pixels))
-            except (MaskSegError, zipfile.BadZipFile, OSError, RuntimeError) as exc:
-                reason = str(exc) if isinstance(exc, MaskSegError) else f"{base} could not be unpacked ({exc})."
-                skipped.append((name, reason))
+            # Keep a zip open while its members follow each other, so each zip is opened once.
+            if archive_path != source.path:
+                if archive is not None:
+                    archive.close()
+                archive, archive_path = None, source.path
+                try:
+                    archive = zipfile.ZipFile(source.path)
+                except UNPACK_ERRORS as exc:  # changed or removed since it was listed
+                    reason = f"{source.path.name} is not a readable zip ({exc})."
+            if archive is None:
+                yield source, None, reason
+            else:
+                yield source, *_read_member(archive, source, max_pixels)
+    finally:
+        if archive is not None:
+            archive.close()
+
+
+def _read_member(archive: zipfile.ZipFile, source: Source, max_pixels: int) -> tuple[LoadedImage | None, str]:
+    base = Path(source.member or "").name
+    try:
+        return load_image(archive.read(archive.infolist()[source.index]), name=base, max_pixels=max_pixels), ""
+    except MaskSegError as exc:
+        return None, str(exc)
+    except (*UNPACK_ERRORS, IndexError) as exc:  # IndexError: the zip changed since it was listed
+        return None, f"{base} could not be unpacked ({exc})."
+
+
+def collect_batch_images(paths: Sequence[str | Path], max_pixels: int) -> BatchInputs:
+    """Read every upload (images, or zips of images); whatever is not an image is skipped with a reason."""
+    sources, refused = expand_sources(paths)
+    images: list[LoadedImage] = []
+    skipped = [(source.short_name, reason) for source, reason in refused]
+    for source, image, reason in read_sources(sources, max_pixels):
+        if image is None:
+            skipped.append((source.short_name, reason))
+        else:
+            images.append(image)
+    return BatchInputs(images, skipped)

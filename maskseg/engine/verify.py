@@ -1,4 +1,4 @@
-"""Check that a bundle's files agree: COCO RLEs = PNG masks, label map, CSV and overlay size."""
+"""Check that a bundle's files agree: COCO RLEs = PNG masks = cut-outs' alpha, label map, CSV, overlay size."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from maskseg.engine.cutouts import cutout_file_name
 from maskseg.engine.export import CSV_COLUMNS, mask_file_name
 
 
@@ -64,6 +65,7 @@ def check_bundle_files(files: dict[str, bytes]) -> BundleSummary:
     annotations = sorted(coco.loadAnns(coco.getAnnIds()), key=lambda a: a["id"])
     mask_files = sorted(k for k in files if k.startswith("masks/"))
     assert len(mask_files) == len(annotations), f"{len(mask_files)} mask PNGs for {len(annotations)} annotations"
+    _check_cutout_names(files, [(a["id"], names[a["category_id"]]) for a in annotations])
     rows = list(csv.reader(io.StringIO(files["objects.csv"].decode())))
     assert rows[0] == CSV_COLUMNS, f"objects.csv header is {rows[0]}"
     assert len(rows) - 1 == len(annotations), "objects.csv rows and annotations differ in number"
@@ -71,10 +73,13 @@ def check_bundle_files(files: dict[str, bytes]) -> BundleSummary:
     by_score = {}
     for ann, row in zip(annotations, rows[1:]):
         name = names[ann["category_id"]]
-        png = _read_png(files[mask_file_name(ann["id"], name)])
+        mask_name = mask_file_name(ann["id"], name)
+        assert mask_name in files, f"bundle lacks {mask_name} for instance {ann['id']}"
+        png = _read_png(files[mask_name])
         assert set(np.unique(png).tolist()) <= {0, 255}, "mask PNG is not 0/255"
         decoded = mask_utils.decode(ann["segmentation"]).astype(bool)
         assert np.array_equal(decoded, png == 255), f"RLE of instance {ann['id']} differs from its PNG"
+        _check_cutout(files, cutout_file_name(ann["id"], name), png == 255)
         assert ann["area"] == int(decoded.sum()), f"area of instance {ann['id']} differs from its mask"
         mine = label_map == ann["id"]
         assert not (mine & ~decoded).any(), f"label map marks instance {ann['id']} outside its mask"
@@ -93,3 +98,35 @@ def check_bundle_files(files: dict[str, bytes]) -> BundleSummary:
         for owner in np.unique(owners):
             assert by_score[int(owner)][0] >= score, f"label map gives a lower-scoring owner over {instance_id}"
     return BundleSummary(width, height, len(annotations), [names[a["category_id"]] for a in annotations])
+
+
+def _check_cutout_names(files: dict[str, bytes], objects: list[tuple[int, str]]) -> None:
+    """Exactly one cutouts/NN_<class>.png per object: none missing, none left over."""
+    present = {k for k in files if k.startswith("cutouts/")}
+    if objects and not present:
+        raise AssertionError(
+            "bundle has no cutouts/ folder: it was written before cut-outs became part of the bundle "
+            "format (or they were removed); export it again"
+        )
+    expected = {cutout_file_name(instance_id, name) for instance_id, name in objects}
+    missing, extra = sorted(expected - present), sorted(present - expected)
+    assert not missing, f"bundle lacks the cut-out {missing[0]} ({len(missing)} missing)"
+    assert not extra, f"cut-out {extra[0]} matches no object in instances.json ({len(extra)} extra)"
+
+
+def _check_cutout(files: dict[str, bytes], name: str, mask: np.ndarray) -> None:
+    """The cut-out's alpha is the mask's tight crop (0/255), and its transparent pixels hold no photo."""
+    cutout = _read_png(files[name])
+    assert cutout is not None and cutout.ndim == 3 and cutout.shape[2] == 4 and cutout.dtype == np.uint8, (
+        f"{name} is not an 8-bit RGBA PNG"
+    )
+    alpha = cutout[:, :, 3]
+    assert set(np.unique(alpha).tolist()) <= {0, 255}, f"{name} has alpha values other than 0 and 255"
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        assert alpha.shape == (1, 1) and not alpha.any(), f"{name} should be 1×1 and transparent: its mask is empty"
+    else:
+        tight = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        assert alpha.shape == tight.shape, f"{name} is {alpha.shape}, its mask's tight box is {tight.shape}"
+        assert np.array_equal(alpha == 255, tight), f"{name}'s alpha differs from its mask"
+    assert not cutout[alpha == 0, :3].any(), f"{name} keeps photo pixels where it is transparent"

@@ -143,15 +143,18 @@ def learning_rate_at(config: TrainConfig, step: int, progress: float) -> float:
 
 
 def _rng_state() -> dict[str, Any]:
+    """The random state a resumed run restores."""
     return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
 
 
 def _seed_everything(seed: int) -> None:
+    """Seed Python's and torch's generators."""
     random.seed(seed)
     torch.manual_seed(seed)
 
 
 def _make_checkpoint(network: nn.Module, config: TrainConfig, class_names: list[str], metrics: dict, extra: dict | None = None) -> Checkpoint:
+    """A copy of the current weights with the run's settings, ready to save."""
     settings = {k: v for k, v in asdict(config).items() if v is not None}
     if config.title:
         settings["title"] = config.title
@@ -159,22 +162,76 @@ def _make_checkpoint(network: nn.Module, config: TrainConfig, class_names: list[
     return Checkpoint(config.model, list(class_names), state, settings, dict(metrics), extra or {})
 
 
-def train(
-    config: TrainConfig,
-    callback: Callable[[TrainEvent], None] | None = None,
-    stop: threading.Event | None = None,
-    log: Callable[[str], None] = print,
-    show_progress: bool = True,
-) -> TrainResult:
-    """Train per `config`; returns where the best checkpoint went. Ctrl-C or `stop` saves a resumable state."""
-    from maskseg.training.evaluate import evaluate_network
+@dataclass
+class _Run:
+    """One run's network, optimiser, data and counters: what its loop, validation and resume file share."""
+
+    config: TrainConfig
+    network: nn.Module
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    loader: torch.utils.data.DataLoader
+    val_set: InstanceDataset | None
+    class_names: list[str]
+    device: torch.device
+    init_message: str
+    step: int = 0
+    epoch: int = 0
+    elapsed_before: float = 0.0  # seconds spent before a resume
+    best: dict[str, float] = field(default_factory=dict)
+    running: dict[str, float] = field(default_factory=dict)  # smoothed losses for the bar and the callback
+    start: float = field(default_factory=time.monotonic)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches in one pass over the training set."""
+        return len(self.loader)
+
+    @property
+    def total_steps(self) -> int:
+        """Steps in the whole step budget (a time budget may end the run sooner)."""
+        return self.steps_per_epoch * self.config.epochs
+
+    @property
+    def resume_path(self) -> Path:
+        """The resumable state Ctrl-C, `stop` and each epoch's end write."""
+        return self.config.run_path / "resume.pt"
+
+    @property
+    def out_path(self) -> Path:
+        """Where the best checkpoint goes."""
+        return Path(self.config.out)
+
+    def elapsed(self) -> float:
+        """Training seconds, including those before a resume."""
+        return self.elapsed_before + time.monotonic() - self.start
+
+    def progress_fraction(self) -> float:
+        """How much of the step or time budget is spent (whichever is further), 0..1+."""
+        fraction = self.step / max(1, self.total_steps)
+        if self.config.max_minutes:
+            fraction = max(fraction, self.elapsed() / (self.config.max_minutes * 60))
+        return fraction
+
+    def checkpoint(self, metrics: dict, extra: dict | None = None) -> Checkpoint:
+        """The current weights as a checkpoint."""
+        return _make_checkpoint(self.network, self.config, self.class_names, metrics, extra)
+
+
+def _prepare_process(config: TrainConfig) -> torch.device:
+    """Threads, denormals and seeds for this process; the device to train on."""
     from maskseg.engine.models import resolve_device
 
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.set_flush_denormal(True)  # denormal floats made some CPU steps many times slower
     _seed_everything(config.seed)
-    device = resolve_device(config.device)
+    return resolve_device(config.device)
+
+
+def _open_datasets(config: TrainConfig) -> tuple[InstanceDataset, InstanceDataset | None]:
+    """The training set (with augmentation) and the optional validation set, with matching classes."""
     train_set = open_dataset(config.data, config.data_format)
     if len(train_set) == 0:
         raise MaskSegError(f"Dataset {config.data} holds no images.")
@@ -184,8 +241,14 @@ def train(
         val_set = open_dataset(config.val, config.data_format)
         if val_set.class_names != train_set.class_names:
             raise MaskSegError("The --val dataset's classes differ from the training dataset's.")
-    class_names = train_set.class_names
+    return train_set, val_set
 
+
+def _setup_run(config: TrainConfig, log: Callable[[str], None]) -> _Run:
+    """Data, network (with its starting weights), optimiser and loader for a new or resumed run."""
+    device = _prepare_process(config)
+    train_set, val_set = _open_datasets(config)
+    class_names = train_set.class_names
     network, init_message = build_training_network(config.model, len(class_names), log, **(config.model_options or {}))
     if config.init_from and not config.resume:
         init_message = _initialise_from(network, config, log)
@@ -196,145 +259,205 @@ def train(
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=config.batch_size, shuffle=True, collate_fn=collate, generator=generator, num_workers=0, drop_last=len(train_set) > config.batch_size
     )
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * config.epochs
-    run_path = config.run_path
-    run_path.mkdir(parents=True, exist_ok=True)
-    resume_path = run_path / "resume.pt"
+    config.run_path.mkdir(parents=True, exist_ok=True)
+    return _Run(config, network, params, optimizer, generator, loader, val_set, class_names, device, init_message)
 
-    step, epoch, elapsed_before = 0, 0, 0.0
-    best: dict[str, float] = {}
-    if config.resume:
-        source = resume_path if config.resume in ("auto", "True", "1") else Path(config.resume)
-        state = load_checkpoint(source)
-        if state.class_names != class_names or state.architecture != config.model:
-            raise MaskSegError(f"{source} was trained on other classes or another architecture; it cannot be resumed here.")
-        network.load_state_dict(state.state_dict)
-        optimizer.load_state_dict(state.extra["optimizer"])
-        step, epoch = int(state.extra["step"]), int(state.extra["epoch"])
-        elapsed_before = float(state.extra.get("elapsed_s", 0.0))
-        best = dict(state.extra.get("best", {}))
-        torch.set_rng_state(state.extra["rng"]["torch"])
-        generator.manual_seed(config.seed + epoch)
-        log(f"resumed from {source} at step {step}, epoch {epoch}")
 
-    csv_path = run_path / "losses.csv"
-    csv_file = open(csv_path, "a" if config.resume else "w", newline="")
-    writer = csv.writer(csv_file)
-    if not config.resume:
-        writer.writerow(["step", "epoch", "lr", "elapsed_s", "loss", *LOSS_KEYS])
-    out_path = Path(config.out)
-    start = time.monotonic()
-    running: dict[str, float] = {}
-    interrupted = False
+def _save_resume(run: _Run) -> None:
+    """Write the resumable state: weights, optimiser, counters, best metrics, random state."""
+    extra = {"optimizer": run.optimizer.state_dict(), "step": run.step, "epoch": run.epoch, "elapsed_s": run.elapsed(), "best": run.best, "rng": _rng_state()}
+    save_checkpoint(run.checkpoint(run.best, extra), run.resume_path)
 
-    def elapsed() -> float:
-        return elapsed_before + time.monotonic() - start
 
-    def progress_fraction() -> float:
-        frac = step / max(1, total_steps)
-        if config.max_minutes:
-            frac = max(frac, elapsed() / (config.max_minutes * 60))
-        return frac
+def _load_resume(run: _Run, log: Callable[[str], None]) -> None:
+    """Continue from a resumable state (runs/<out name>/resume.pt, or the path given)."""
+    config = run.config
+    source = run.resume_path if config.resume in ("auto", "True", "1") else Path(str(config.resume))
+    state = load_checkpoint(source)
+    if state.class_names != run.class_names or state.architecture != config.model:
+        raise MaskSegError(f"{source} was trained on other classes or another architecture; it cannot be resumed here.")
+    run.network.load_state_dict(state.state_dict)
+    run.optimizer.load_state_dict(state.extra["optimizer"])
+    run.step, run.epoch = int(state.extra["step"]), int(state.extra["epoch"])
+    run.elapsed_before = float(state.extra.get("elapsed_s", 0.0))
+    run.best = dict(state.extra.get("best", {}))
+    torch.set_rng_state(state.extra["rng"]["torch"])
+    run.generator.manual_seed(config.seed + run.epoch)
+    log(f"resumed from {source} at step {run.step}, epoch {run.epoch}")
 
-    def save_resume() -> None:
-        ckpt = _make_checkpoint(
-            network, config, class_names, best,
-            {"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "elapsed_s": elapsed(), "best": best, "rng": _rng_state()},
-        )
-        save_checkpoint(ckpt, resume_path)
 
-    def validate() -> dict[str, float]:
-        if val_set is None:
-            return {}
-        result = evaluate_network(network, val_set, class_names, device)
-        return {k: round(v, 4) for k, v in result.summary().items()}
+def _validate(run: _Run) -> dict[str, float]:
+    """Score the current weights on the validation set with the Segmenter's own evaluation ({} without one)."""
+    from maskseg.training.evaluate import evaluate_network
 
-    def keep_if_best(metrics: dict[str, float]) -> None:
-        nonlocal best
-        # without a validation set the latest weights are the best we know
-        if not metrics or not best or metrics.get("mask_ap", -1) > best.get("mask_ap", -1):
-            best = dict(metrics)
-            save_checkpoint(_make_checkpoint(network, config, class_names, metrics, {"step": step, "epoch": epoch}), out_path, half=config.half)
+    if run.val_set is None:
+        return {}
+    result = evaluate_network(run.network, run.val_set, run.class_names, run.device)
+    return {k: round(v, 4) for k, v in result.summary().items()}
 
-    bar = None
-    if show_progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)  # a time budget may end it sooner
-    network.train()
-    try:
-        while epoch < config.epochs and progress_fraction() < 1.0:
-            generator.manual_seed(config.seed + epoch)  # the shuffle order of an epoch survives a resume
-            skip = step - epoch * steps_per_epoch  # steps of this epoch already done before a resume
-            for batch_index, (images, targets) in enumerate(loader):
-                if batch_index < skip:
-                    continue
-                if progress_fraction() >= 1.0 or (stop is not None and stop.is_set()):
-                    break
-                lr = learning_rate_at(config, step, progress_fraction())
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                images = [im.to(device) for im in images]
-                targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-                loss_dict = network(images, targets)
-                loss = sum(loss_dict.values())
-                if not torch.isfinite(loss):
-                    raise MaskSegError(f"Training diverged at step {step} (loss {loss.item()}); try a lower --lr.")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 10.0)
-                optimizer.step()
-                step += 1
-                values = {k: float(loss_dict[k].detach()) for k in LOSS_KEYS if k in loss_dict}
-                values["loss"] = float(loss.detach())
-                for k, v in values.items():  # smoothed for the bar; the CSV keeps the raw values
-                    running[k] = v if k not in running else 0.9 * running[k] + 0.1 * v
-                writer.writerow([step, epoch, f"{lr:.6g}", f"{elapsed():.1f}", f"{values['loss']:.5f}", *(f"{values.get(k, 0):.5f}" for k in LOSS_KEYS)])
-                if step % 20 == 0:
-                    csv_file.flush()  # so the curve can be watched while it trains
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{running['loss']:.3f}", cls=f"{running.get('loss_classifier', 0):.3f}", mask=f"{running.get('loss_mask', 0):.3f}", ep=epoch)
-                if callback:
-                    callback(TrainEvent("step", step, epoch, total_steps, elapsed(), dict(running), snapshot=lambda: _make_checkpoint(network, config, class_names, {})))
-            else:
-                epoch += 1
-                csv_file.flush()
-                metrics = validate()
-                if metrics:
-                    log(f"epoch {epoch}: mask AP {metrics['mask_ap']:.3f}, AP50 {metrics['mask_ap50']:.3f}, box AP {metrics['box_ap']:.3f}")
-                keep_if_best(metrics)
-                save_resume()
-                if callback:
-                    callback(TrainEvent("val", step, epoch, total_steps, elapsed(), dict(running), metrics))
-                continue
+def _keep_if_best(run: _Run, metrics: dict[str, float]) -> None:
+    """Save the weights as the best checkpoint when their mask AP beats the best so far."""
+    # without a validation set the latest weights are the best we know
+    if not metrics or not run.best or metrics.get("mask_ap", -1) > run.best.get("mask_ap", -1):
+        run.best = dict(metrics)
+        checkpoint = run.checkpoint(metrics, {"step": run.step, "epoch": run.epoch})
+        save_checkpoint(checkpoint, run.out_path, half=run.config.half)
+
+
+class _LossLog:
+    """losses.csv: one row of raw losses per step, flushed often so the curve can be watched."""
+
+    def __init__(self, path: Path, append: bool) -> None:
+        self.file = open(path, "a" if append else "w", newline="")
+        self.writer = csv.writer(self.file)
+        if not append:
+            self.writer.writerow(["step", "epoch", "lr", "elapsed_s", "loss", *LOSS_KEYS])
+
+    def write(self, run: _Run, lr: float, values: dict[str, float]) -> None:
+        """One step's row (flushed every 20 steps)."""
+        losses = (f"{values.get(k, 0):.5f}" for k in LOSS_KEYS)
+        self.writer.writerow([run.step, run.epoch, f"{lr:.6g}", f"{run.elapsed():.1f}", f"{values['loss']:.5f}", *losses])
+        if run.step % 20 == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Make the rows so far readable by others."""
+        self.file.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        self.file.close()
+
+
+def _progress_bar(show: bool, run: _Run) -> Any:
+    """A tqdm bar over the step budget, or None."""
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=run.total_steps, initial=run.step, unit="step", dynamic_ncols=True)  # a time budget may end it sooner
+
+
+def _train_step(run: _Run, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> tuple[float, dict[str, float]]:
+    """One optimiser step on one batch at the scheduled learning rate; the rate and the raw losses."""
+    lr = learning_rate_at(run.config, run.step, run.progress_fraction())
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    images = [im.to(run.device) for im in images]
+    targets = [{k: v.to(run.device) for k, v in t.items()} for t in targets]
+    loss_dict = run.network(images, targets)
+    loss = sum(loss_dict.values())
+    if not torch.isfinite(loss):
+        raise MaskSegError(f"Training diverged at step {run.step} (loss {loss.item()}); try a lower --lr.")
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.params, 10.0)
+    run.optimizer.step()
+    run.step += 1
+    values = {k: float(loss_dict[k].detach()) for k in LOSS_KEYS if k in loss_dict}
+    values["loss"] = float(loss.detach())
+    return lr, values
+
+
+def _report_step(run: _Run, lr: float, values: dict[str, float], loss_log: _LossLog, bar: Any, callback: Callable[[TrainEvent], None] | None) -> None:
+    """Log a step: the CSV row (raw), the bar and the callback (smoothed)."""
+    for k, v in values.items():  # smoothed for the bar; the CSV keeps the raw values
+        run.running[k] = v if k not in run.running else 0.9 * run.running[k] + 0.1 * v
+    loss_log.write(run, lr, values)
+    running = run.running
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{running['loss']:.3f}", cls=f"{running.get('loss_classifier', 0):.3f}", mask=f"{running.get('loss_mask', 0):.3f}", ep=run.epoch)
+    if callback:
+        callback(TrainEvent("step", run.step, run.epoch, run.total_steps, run.elapsed(), dict(running), snapshot=lambda: run.checkpoint({})))
+
+
+def _stop_requested(stop: threading.Event | None) -> bool:
+    """Whether the caller asked the run to stop."""
+    return stop is not None and stop.is_set()
+
+
+def _run_epoch(run: _Run, loss_log: _LossLog, bar: Any, callback: Callable[[TrainEvent], None] | None, stop: threading.Event | None) -> bool:
+    """One pass over the loader (skipping what a resumed run already did); False when the budget or `stop` cut it short."""
+    run.generator.manual_seed(run.config.seed + run.epoch)  # the shuffle order of an epoch survives a resume
+    skip = run.step - run.epoch * run.steps_per_epoch  # steps of this epoch already done before a resume
+    for batch_index, (images, targets) in enumerate(run.loader):
+        if batch_index < skip:
+            continue
+        if run.progress_fraction() >= 1.0 or _stop_requested(stop):
+            return False
+        lr, values = _train_step(run, images, targets)
+        _report_step(run, lr, values, loss_log, bar, callback)
+    return True
+
+
+def _end_epoch(run: _Run, loss_log: _LossLog, callback: Callable[[TrainEvent], None] | None, log: Callable[[str], None]) -> None:
+    """After a full epoch: validate, keep the best weights, write the resumable state, tell the callback."""
+    run.epoch += 1
+    loss_log.flush()
+    metrics = _validate(run)
+    if metrics:
+        log(f"epoch {run.epoch}: mask AP {metrics['mask_ap']:.3f}, AP50 {metrics['mask_ap50']:.3f}, box AP {metrics['box_ap']:.3f}")
+    _keep_if_best(run, metrics)
+    _save_resume(run)
+    if callback:
+        callback(TrainEvent("val", run.step, run.epoch, run.total_steps, run.elapsed(), dict(run.running), metrics))
+
+
+def _train_loop(run: _Run, loss_log: _LossLog, bar: Any, callback: Callable[[TrainEvent], None] | None, stop: threading.Event | None, log: Callable[[str], None]) -> bool:
+    """Epochs until the step or time budget is spent or `stop` is set; True when stopped (state saved)."""
+    while run.epoch < run.config.epochs and run.progress_fraction() < 1.0:
+        if not _run_epoch(run, loss_log, bar, callback, stop):
             break  # time budget or stop request ended the epoch early
-        if stop is not None and stop.is_set():
-            interrupted = True
-            save_resume()
-        elif step > 0 and (epoch * steps_per_epoch != step or not best):
-            # a time budget ended mid-epoch: validate what we have
-            metrics = validate()
-            if metrics:
-                log(f"final: mask AP {metrics['mask_ap']:.3f}, AP50 {metrics['mask_ap50']:.3f}, box AP {metrics['box_ap']:.3f}")
-            keep_if_best(metrics)
+        _end_epoch(run, loss_log, callback, log)
+    if _stop_requested(stop):
+        _save_resume(run)
+        return True
+    if run.step > 0 and (run.epoch * run.steps_per_epoch != run.step or not run.best):
+        # a time budget ended mid-epoch: validate what we have
+        metrics = _validate(run)
+        if metrics:
+            log(f"final: mask AP {metrics['mask_ap']:.3f}, AP50 {metrics['mask_ap50']:.3f}, box AP {metrics['box_ap']:.3f}")
+        _keep_if_best(run, metrics)
+    return False
+
+
+def train(
+    config: TrainConfig,
+    callback: Callable[[TrainEvent], None] | None = None,
+    stop: threading.Event | None = None,
+    log: Callable[[str], None] = print,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train per `config`; returns where the best checkpoint went. Ctrl-C or `stop` saves a resumable state."""
+    run = _setup_run(config, log)
+    if config.resume:
+        _load_resume(run, log)
+    loss_log = _LossLog(config.run_path / "losses.csv", append=bool(config.resume))
+    run.start = time.monotonic()
+    interrupted = False
+    bar = _progress_bar(show_progress, run)
+    run.network.train()
+    try:
+        interrupted = _train_loop(run, loss_log, bar, callback, stop, log)
     except KeyboardInterrupt:
         interrupted = True
-        save_resume()
-        log(f"\ninterrupted: resumable state saved to {resume_path}; continue with --resume")
+        _save_resume(run)
+        log(f"\ninterrupted: resumable state saved to {run.resume_path}; continue with --resume")
     finally:
-        csv_file.close()
+        loss_log.close()
         if bar is not None:
             bar.close()
-    if not out_path.is_file():
-        keep_if_best({})
+    if not run.out_path.is_file():
+        _keep_if_best(run, {})
     if callback:
-        callback(TrainEvent("done", step, epoch, total_steps, elapsed(), dict(running), dict(best)))
-    return TrainResult(out_path, step, step / max(1, steps_per_epoch), elapsed(), dict(best), init_message, interrupted)
+        callback(TrainEvent("done", run.step, run.epoch, run.total_steps, run.elapsed(), dict(run.running), dict(run.best)))
+    return TrainResult(run.out_path, run.step, run.step / max(1, run.steps_per_epoch), run.elapsed(), dict(run.best), run.init_message, interrupted)
 
 
 def _run(args: argparse.Namespace) -> int:
+    """`maskseg train`: train per the flags and print how it ended (exit 130 when stopped)."""
     config = TrainConfig(
         data=args.data,
         out=args.out,
