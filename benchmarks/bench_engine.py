@@ -147,37 +147,37 @@ def interleaved_medians(first, second, repeats: int) -> tuple[float, float]:
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
+    """Command-line flags (--child/--size/--count: one pipeline in a fresh process, for peak memory)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "engine.md")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child")
     parser.add_argument("--size")
     parser.add_argument("--count", type=int)
-    args = parser.parse_args()
-    if args.child:
-        return child(args.child, args.size, args.count)
+    return parser.parse_args()
 
+
+def _random_weights_home() -> str:
+    """A temporary TORCH_HOME holding the same random v1 weights the tests use."""
     torch_home = tempfile.mkdtemp(prefix="bench_torch_home_")
     os.environ["TORCH_HOME"] = torch_home
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import write_random_zoo_weights  # the same random weights the tests use
 
     write_random_zoo_weights(Path(torch_home))
-    from maskseg.engine.segmenter import Segmenter
+    return torch_home
 
-    random.seed(0)
-    segmenter = Segmenter(model="v1", device="cpu")
-    net = segmenter.loaded.network
-    names = segmenter.loaded.class_names
-    image = photo_of_size(1920, 1080)
-    lines = [
+
+def _header(repeats: int) -> list[str]:
+    """The report's title, how it was run, and the head of the per-image table."""
+    return [
         "# Engine benchmark: seed notebook pipeline vs maskseg",
         "",
         f"Command: `python benchmarks/bench_engine.py` · {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads · "
         "random COCO-shaped v1 weights (same for both) · 1920×1080 photo from assets/examples · "
-        f"median of {args.repeats} runs, the two pipelines alternating. The machine was shared with other "
+        f"median of {repeats} runs, the two pipelines alternating. The machine was shared with other "
         "work while this ran, so absolute seconds are inflated; the ratios compare like with like.",
         "",
         "Seed = the notebook: default thresholds (100 detections at score > 0.05), every mask pasted at full "
@@ -188,6 +188,12 @@ def main() -> None:
         "| kept objects | seed s/image | maskseg s/image (with exports) | maskseg / seed |",
         "| ---: | ---: | ---: | ---: |",
     ]
+
+
+def _per_image_times(segmenter, image: np.ndarray, repeats: int, lines: list[str]) -> dict[int, tuple[float, float]]:
+    """Seed vs maskseg seconds per image at 5, 20 and 100 kept objects; appends (and prints) a row each."""
+    net = segmenter.loaded.network
+    names = segmenter.loaded.class_names
     timing = {}
     for count in (5, 20, 100):
         threshold = threshold_keeping(segmenter, image, count) if count < 100 else 0.0
@@ -202,12 +208,15 @@ def main() -> None:
 
             kept = len(run_maskseg().instances)
             run_seed()  # warm-up: first calls pay for allocator growth and lazy initialisation
-            seed_s, ours_s = interleaved_medians(run_seed, run_maskseg, args.repeats)
+            seed_s, ours_s = interleaved_medians(run_seed, run_maskseg, repeats)
         timing[count] = (seed_s, ours_s)
         lines.append(f"| {kept} | {seed_s:.2f} | {ours_s:.2f} | {ours_s / seed_s:.2f} |")
         print(lines[-1], flush=True)
+    return timing
 
-    # Re-filter: a slider move on the 1080p photo with 20 objects.
+
+def _refilter_section(segmenter, image: np.ndarray, seed20_s: float) -> list[str]:
+    """A slider move on the 1080p photo with 20 objects: re-filter (+ draw) vs the seed re-running everything."""
     from maskseg.engine.render import render_overlay
 
     base = segmenter.predict_one(image, score_threshold=0.05)
@@ -227,8 +236,8 @@ def main() -> None:
 
     refilter_ms = median_time(refilter, 5) / len(thresholds) * 1000
     redraw_ms = median_time(refilter_and_draw, 5) / len(thresholds) * 1000
-    seed20 = timing[20][0] * 1000
-    lines += [
+    seed20 = seed20_s * 1000
+    return [
         "",
         "## Re-filter at a new threshold (1920×1080, 20 objects)",
         "",
@@ -240,12 +249,13 @@ def main() -> None:
         "",
         f"Target: re-filter under 50 ms → {'met' if refilter_ms < 50 else 'NOT met'}.",
     ]
-    print("\n".join(lines[-8:]), flush=True)
 
-    # Peak memory on a 12 MP photo with 100 objects, each pipeline in its own process.
+
+def _memory_section(torch_home: str, timing: dict[int, tuple[float, float]]) -> list[str]:
+    """Peak memory on a 12 MP photo with 100 objects, each pipeline in its own process; and the verdicts."""
     seed_mem = peak_rss_child("seed", torch_home, 4000, 3000, 100)
     ours_mem = peak_rss_child("maskseg", torch_home, 4000, 3000, 100)
-    lines += [
+    return [
         "",
         "## Peak memory, 4000×3000 photo, 100 objects (fresh process each)",
         "",
@@ -259,6 +269,25 @@ def main() -> None:
         f"Per image at 5/20/100 objects, maskseg no slower than the seed → "
         f"{'met' if all(o <= s * 1.05 for s, o in timing.values()) else 'NOT met'}.",
     ]
+
+
+def main() -> None:
+    """Per-image time, re-filter time and peak memory, seed vs maskseg; prints each section and writes the report."""
+    args = _parse_args()
+    if args.child:
+        return child(args.child, args.size, args.count)
+
+    torch_home = _random_weights_home()
+    from maskseg.engine.segmenter import Segmenter
+
+    random.seed(0)
+    segmenter = Segmenter(model="v1", device="cpu")
+    image = photo_of_size(1920, 1080)
+    lines = _header(args.repeats)
+    timing = _per_image_times(segmenter, image, args.repeats, lines)
+    lines += _refilter_section(segmenter, image, timing[20][0])
+    print("\n".join(lines[-8:]), flush=True)
+    lines += _memory_section(torch_home, timing)
     print("\n".join(lines[-8:]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

@@ -20,7 +20,9 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,124 +60,175 @@ def _ms(samples: list[float]) -> str:
     return f"{statistics.median(samples) * 1000:.1f}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None):
+    """Command-line flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--network-repeats", type=int, default=3)
     parser.add_argument("--objects", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+@dataclass
+class Bench:
+    """What every step shares: the model, the photo, the cached prediction and Gradio's output components."""
+
+    args: argparse.Namespace
+    weights: str
+    segmenter: Any
+    photo: Any
+    base: Any
+    preview: Any
+    components: tuple  # (overlay, table, legend): the Gradio components whose postprocess a move pays
+    keep_n: float = 0.0
+    keep_n_minus_1: float = 0.0
+
+    def postprocess(self, view) -> None:
+        """What Gradio does with a move's outputs: JPEG overlay, styled table, legend."""
+        from maskseg.app.components import table_frame
+
+        overlay_component, table_component, legend_component = self.components
+        overlay_component.postprocess(view.overlay)
+        table_component.postprocess(table_frame(view.rows))
+        legend_component.postprocess(view.legend_html)
+
+
+def _set_up(args) -> Bench | None:
+    """Weights, the 1080p photo, one network run kept down to its floor, and the two thresholds to move between."""
     weights = _ensure_weights()
     import gradio as gr
-    import torch
 
-    from maskseg.app.components import table_frame
-    from maskseg.app.view import PREVIEW_MAX_SIDE, preview_prediction, render_view
-    from maskseg.app.controls import Controls, apply_controls
+    from maskseg.app.controls import Controls
     from maskseg.app.session import run_network
+    from maskseg.app.view import preview_prediction
     from maskseg.engine.segmenter import Segmenter
 
     segmenter = Segmenter(model="maskrcnn_resnet50_fpn", device="cpu")
     photo = _photo_1080p()
-    overlay_component = gr.Image(format="jpeg", type="numpy")
-    table_component = gr.Dataframe()
-    legend_component = gr.HTML()
-
+    components = (gr.Image(format="jpeg", type="numpy"), gr.Dataframe(), gr.HTML())
     # The network once, kept down to its floor (what the app caches per session).
     base = run_network(segmenter, photo, Controls(score_threshold=0.0))
     n = len(base.instances)
     if n < args.objects + 1:
         print(f"only {n} detections; need {args.objects + 1}", file=sys.stderr)
-        return 1
+        return None
     preview = preview_prediction(base)  # what the app caches next to `base` for live re-renders
+    bench = Bench(args, weights, segmenter, photo, base, preview, components)
     scores = [inst.score for inst in base.instances]
     # Two thresholds a slider moves between: exactly N and N-1 objects kept.
-    keep_n = (scores[args.objects - 1] + scores[args.objects]) / 2
-    keep_n_minus_1 = (scores[args.objects - 2] + scores[args.objects - 1]) / 2
+    bench.keep_n = (scores[args.objects - 1] + scores[args.objects]) / 2
+    bench.keep_n_minus_1 = (scores[args.objects - 2] + scores[args.objects - 1]) / 2
+    return bench
 
-    def slider_move(threshold: float) -> int:
-        controls = Controls(score_threshold=threshold)
-        view = render_view(base, controls, preview=preview)
-        overlay_component.postprocess(view.overlay)
-        table_component.postprocess(table_frame(view.rows))
-        legend_component.postprocess(view.legend_html)
-        return len(view.rows)
 
-    # First move after a run pastes the kept masks at full resolution (then they are cached).
+def _first_move(bench: Bench) -> float:
+    """The first move after a run pastes the kept masks at full resolution (then they are cached)."""
+    from maskseg.app.controls import Controls
+    from maskseg.app.view import render_view
+
     started = time.perf_counter()
-    count = slider_move(keep_n)
+    view = render_view(bench.base, Controls(score_threshold=bench.keep_n), preview=bench.preview)
+    bench.postprocess(view)
     first_move = time.perf_counter() - started
-    assert count == args.objects, count
+    assert len(view.rows) == bench.args.objects, len(view.rows)
+    return first_move
 
-    moves, filter_only, render_only, postprocess = [], [], [], []
-    for index in range(args.repeats):
-        threshold = keep_n if index % 2 == 0 else keep_n_minus_1
+
+def _timed_moves(bench: Bench) -> dict[str, list[float]]:
+    """Slider moves between the two thresholds, each split into filter, render and postprocess."""
+    from maskseg.app.components import table_frame
+    from maskseg.app.controls import Controls, apply_controls
+    from maskseg.app.view import render_view
+
+    overlay_component, table_component, legend_component = bench.components
+    samples: dict[str, list[float]] = {"moves": [], "filter": [], "render": [], "postprocess": []}
+    for index in range(bench.args.repeats):
+        threshold = bench.keep_n if index % 2 == 0 else bench.keep_n_minus_1
         t0 = time.perf_counter()
-        pred = apply_controls(base, Controls(score_threshold=threshold))
+        pred = apply_controls(bench.base, Controls(score_threshold=threshold))
         t1 = time.perf_counter()
-        view = render_view(base, Controls(score_threshold=threshold), preview=preview)
+        view = render_view(bench.base, Controls(score_threshold=threshold), preview=bench.preview)
         frame = table_frame(view.rows)
         t2 = time.perf_counter()
         overlay_component.postprocess(view.overlay)
         table_component.postprocess(frame)
         legend_component.postprocess(view.legend_html)
         t3 = time.perf_counter()
-        filter_only.append(t1 - t0)
-        render_only.append(t2 - t1)
-        postprocess.append(t3 - t2)
-        moves.append(t3 - t0)
-        assert len(pred.instances) in (args.objects, args.objects - 1)
+        samples["filter"].append(t1 - t0)
+        samples["render"].append(t2 - t1)
+        samples["postprocess"].append(t3 - t2)
+        samples["moves"].append(t3 - t0)
+        assert len(pred.instances) in (bench.args.objects, bench.args.objects - 1)
+    return samples
 
-    # The random weights' boxes are small, so two more cases put drawing cost where real photos do:
-    # "COCO-like" (box sides 5-33% of the frame's, masks filling most of the box) and "stress"
-    # (every box a third of the frame's width and height, 20 of them: ~2x the frame covered).
+
+def _synthetic_moves(bench: Bench, min_side: float, max_side: float, seed: int,
+                     live_preview: bool = True) -> tuple[list[float], float]:
+    """Moves on synthetic detections whose boxes put drawing cost where real photos do; (samples, coverage %).
+
+    The random weights' boxes are small, so two more cases: "COCO-like" (box sides 5-33% of the frame's,
+    masks filling most of the box) and "stress" (every box a third of the frame's width and height, 20 of
+    them: ~2x the frame covered).
+    """
+    import torch
+
+    from maskseg.app.controls import Controls
+    from maskseg.app.view import preview_prediction, render_view
     from maskseg.engine.prediction import Instance, Prediction
 
-    def synthetic_moves(
-        min_side: float, max_side: float, seed: int, live_preview: bool = True
-    ) -> tuple[list[float], float]:
-        rng = torch.Generator().manual_seed(seed)
-        instances = []
-        for index in range(args.objects + 1):
-            frac = min_side + (max_side - min_side) * float(torch.rand(1, generator=rng))
-            w, h = 1920 * frac, 1080 * frac
-            x1 = float(torch.rand(1, generator=rng)) * (1920 - w)
-            y1 = float(torch.rand(1, generator=rng)) * (1080 - h)
-            probabilities = torch.rand(28, 28, generator=rng) * 0.4 + 0.4  # most of the box above 0.5
-            instances.append(Instance(index + 1, 1, "person", 0.99 - index * 0.01, (x1, y1, x1 + w, y1 + h), probabilities))
-        # A new Prediction, not a copy of `base`: copies share base's mask cache, keyed by instance id.
-        pred = Prediction(
-            image=photo, image_name="synthetic.png", instances=instances, score_floor=0.0, score_threshold=0.0,
-            model_title=base.model_title, device_name=base.device_name, class_names=base.class_names,
-        )
-        keep = [instances[args.objects - 1].score - 0.001, instances[args.objects - 2].score - 0.001]
-        small = preview_prediction(pred) if live_preview else None
-        render_view(pred, Controls(score_threshold=keep[0]), preview=small)  # paste once, as the first move does
-        samples = []
-        for index in range(args.repeats):
-            t0 = time.perf_counter()
-            view = render_view(pred, Controls(score_threshold=keep[index % 2]), preview=small)
-            overlay_component.postprocess(view.overlay)
-            table_component.postprocess(table_frame(view.rows))
-            legend_component.postprocess(view.legend_html)
-            samples.append(time.perf_counter() - t0)
-        coverage = sum(row[-1] for row in render_view(pred, Controls(score_threshold=keep[0])).rows)
-        return samples, coverage
+    objects, base = bench.args.objects, bench.base
+    rng = torch.Generator().manual_seed(seed)
+    instances = []
+    for index in range(objects + 1):
+        frac = min_side + (max_side - min_side) * float(torch.rand(1, generator=rng))
+        w, h = 1920 * frac, 1080 * frac
+        x1 = float(torch.rand(1, generator=rng)) * (1920 - w)
+        y1 = float(torch.rand(1, generator=rng)) * (1080 - h)
+        probabilities = torch.rand(28, 28, generator=rng) * 0.4 + 0.4  # most of the box above 0.5
+        instances.append(Instance(index + 1, 1, "person", 0.99 - index * 0.01, (x1, y1, x1 + w, y1 + h), probabilities))
+    # A new Prediction, not a copy of `base`: copies share base's mask cache, keyed by instance id.
+    pred = Prediction(
+        image=bench.photo, image_name="synthetic.png", instances=instances, score_floor=0.0, score_threshold=0.0,
+        model_title=base.model_title, device_name=base.device_name, class_names=base.class_names,
+    )
+    keep = [instances[objects - 1].score - 0.001, instances[objects - 2].score - 0.001]
+    small = preview_prediction(pred) if live_preview else None
+    render_view(pred, Controls(score_threshold=keep[0]), preview=small)  # paste once, as the first move does
+    samples = []
+    for index in range(bench.args.repeats):
+        t0 = time.perf_counter()
+        bench.postprocess(render_view(pred, Controls(score_threshold=keep[index % 2]), preview=small))
+        samples.append(time.perf_counter() - t0)
+    coverage = sum(row[-1] for row in render_view(pred, Controls(score_threshold=keep[0])).rows)
+    return samples, coverage
 
-    coco_moves, coco_cover = synthetic_moves(0.05, 0.33, seed=1)
-    big_moves, big_cover = synthetic_moves(1 / 3, 1 / 3, seed=2)
-    coco_full_moves, _ = synthetic_moves(0.05, 0.33, seed=1, live_preview=False)
+
+def _network_baseline(bench: Bench) -> list[float]:
+    """The seed notebook's way: run the network again and filter, per slider move."""
+    from maskseg.app.controls import Controls
+    from maskseg.app.view import render_view
 
     network = []
-    for _ in range(args.network_repeats):
+    for _ in range(bench.args.network_repeats):
         t0 = time.perf_counter()
-        rerun = segmenter.predict_one(photo, score_threshold=keep_n, max_detections=100)
-        render_view(rerun, Controls(score_threshold=keep_n))
+        rerun = bench.segmenter.predict_one(bench.photo, score_threshold=bench.keep_n, max_detections=100)
+        render_view(rerun, Controls(score_threshold=bench.keep_n))
         network.append(time.perf_counter() - t0)
+    return network
 
-    median_move = statistics.median(moves)
-    median_network = statistics.median(network)
+
+def _report(bench: Bench, first_move: float, samples: dict, synthetic: dict, network: list[float]) -> str:
+    """The Markdown report, exactly as the script has always printed it."""
+    import torch
+
+    from maskseg.app.view import PREVIEW_MAX_SIDE
+
+    args, segmenter = bench.args, bench.segmenter
+    moves = samples["moves"]
+    (coco_moves, coco_cover), (big_moves, big_cover), (coco_full_moves, _) = (
+        synthetic["coco"], synthetic["stress"], synthetic["coco_full"])
+    median_move, median_network = statistics.median(moves), statistics.median(network)
     lines = [
         "# Web app: slider-move latency (server side)",
         "",
@@ -183,18 +236,18 @@ def main(argv: list[str] | None = None) -> int:
         f" --out benchmarks/results/ui.md`",
         f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__} "
         f"with {torch.get_num_threads()} threads, device {segmenter.loaded.device_name}; shared with other jobs",
-        f"- Model: {segmenter.loaded.title}, {weights}",
+        f"- Model: {segmenter.loaded.title}, {bench.weights}",
         f"- Photo: assets/examples/street.jpg upscaled to 1920×1080; network run once at the floor "
-        f"({n} detections kept); slider alternates between thresholds keeping {args.objects} and "
+        f"({len(bench.base.instances)} detections kept); slider alternates between thresholds keeping {args.objects} and "
         f"{args.objects - 1} objects",
         f"- Live re-renders draw on a copy of the photo at most {PREVIEW_MAX_SIDE} px long (the browser shows "
         "it smaller still); the table, the /segment API and the zip use full resolution",
         "",
         "| step (median of repeats) | ms |",
         "| --- | ---: |",
-        f"| re-filter the cached prediction | {_ms(filter_only)} |",
-        f"| draw overlay + table rows + legend + status | {_ms(render_only)} |",
-        f"| Gradio postprocess (JPEG overlay, styled table, legend) | {_ms(postprocess)} |",
+        f"| re-filter the cached prediction | {_ms(samples['filter'])} |",
+        f"| draw overlay + table rows + legend + status | {_ms(samples['render'])} |",
+        f"| Gradio postprocess (JPEG overlay, styled table, legend) | {_ms(samples['postprocess'])} |",
         f"| **slider move, total (target < 150 ms)** | **{median_move * 1000:.1f}** |",
         f"| slider move, worst of {args.repeats} | {max(moves) * 1000:.1f} |",
         f"| first move after a run (pastes {args.objects} masks at full size once) | {first_move * 1000:.1f} |",
@@ -214,7 +267,24 @@ def main(argv: list[str] | None = None) -> int:
         f"stress case: **{'met' if statistics.median(big_moves) < 0.150 else 'NOT met'}**.",
         "",
     ]
-    report = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Set up, time the slider moves and the network baseline, print (and optionally write) the report."""
+    args = _parse_args(argv)
+    bench = _set_up(args)
+    if bench is None:
+        return 1
+    first_move = _first_move(bench)
+    samples = _timed_moves(bench)
+    synthetic = {
+        "coco": _synthetic_moves(bench, 0.05, 0.33, seed=1),
+        "stress": _synthetic_moves(bench, 1 / 3, 1 / 3, seed=2),
+        "coco_full": _synthetic_moves(bench, 0.05, 0.33, seed=1, live_preview=False),
+    }
+    network = _network_baseline(bench)
+    report = _report(bench, first_move, samples, synthetic, network)
     print(report)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
