@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from maskseg.errors import MaskSegError, UsageError
+from maskseg.engine.backend import add_backend_arguments
 from maskseg.engine.images import DEFAULT_MAX_PIXELS, LoadedImage
 from maskseg.engine.sources import Source, expand_sources, read_sources
 
@@ -49,6 +50,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--checkpoint", type=Path, help="a local checkpoint saved by `maskseg train`")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    add_backend_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +130,7 @@ def run_predict(args: argparse.Namespace) -> int:
         print("error: no images to segment.", file=sys.stderr)
         return 1
     segmenter = Segmenter(model=args.model, checkpoint=args.checkpoint, device=args.device,
-                          max_pixels=args.max_pixels)
+                          max_pixels=args.max_pixels, backend=args.backend, precision=args.precision)
     options = RenderOptions(
         opacity=args.opacity, masks=not args.no_masks, contours=not args.no_contours,
         boxes=not args.no_boxes, labels=not args.no_labels,

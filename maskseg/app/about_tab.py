@@ -58,11 +58,14 @@ def about_markdown(model_value: str, config: AppConfig) -> str:
         model_lines = (
             f"- **{loaded.title}**: {accuracy_line(info)}; {', '.join(x for x in (params, size) if x)}\n"
             f"- Classes: {len(loaded.real_class_names)}\n- Device: **{loaded.device_name}**"
+            f"\n- Runtime: **{loaded.runtime_name}**"
+            + (f" ({', '.join(info['openvino_parts'])} in OpenVINO)" if info.get("openvino_parts") else "")
+            + (f". {loaded.backend_note}" if loaded.backend_note else "")
         )
     except MaskSegError:
         model_lines = "- No model is loaded yet: pick one in the Segment tab."
     versions = []
-    for package in ("torch", "torchvision", "gradio", "numpy", "opencv-python-headless"):
+    for package in ("torch", "torchvision", "openvino", "gradio", "numpy", "opencv-python-headless"):
         try:
             versions.append(f"{package} {metadata.version(package)}")
         except metadata.PackageNotFoundError:

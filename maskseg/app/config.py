@@ -18,6 +18,8 @@ class AppConfig:
     model: str = "auto"
     checkpoint: str | None = None
     device: str = "auto"
+    backend: str = "auto"  # auto (OpenVINO on CPU, torch on CUDA), torch or openvino
+    precision: str = "fp32"
     checkpoints_dir: Path = field(default_factory=lambda: Path("checkpoints"))
     max_pixels: int = DEFAULT_MAX_PIXELS
     score_threshold: float = 0.5

@@ -33,7 +33,7 @@ def apply_controls(base: Prediction, controls: Controls) -> Prediction:
     """The cached prediction seen through the controls: milliseconds, no network."""
     return base.filter(
         score_threshold=float(controls.score_threshold),
-        classes=list(controls.classes) or None,
+        classes=list(controls.classes or []),  # empty: every class
         max_detections=max(1, int(controls.max_detections or 1)),
         mask_threshold=float(controls.mask_threshold),
     )

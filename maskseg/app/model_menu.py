@@ -46,9 +46,10 @@ def make_segmenter(model_value: str, config: AppConfig) -> Segmenter:
     """The (process-cached) Segmenter for a dropdown value: a zoo/demo name or a checkpoint path."""
     if not model_value:
         raise MaskSegError("Pick a model first.")
+    runtime = dict(device=config.device, max_pixels=config.max_pixels, backend=config.backend, precision=config.precision)
     if is_zoo_or_demo(model_value):
-        return Segmenter(model=model_value, device=config.device, max_pixels=config.max_pixels)
-    return Segmenter(checkpoint=model_value, device=config.device, max_pixels=config.max_pixels)
+        return Segmenter(model=model_value, **runtime)
+    return Segmenter(checkpoint=model_value, **runtime)
 
 @dataclass
 class Startup:

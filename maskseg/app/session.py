@@ -54,5 +54,6 @@ def run_network(segmenter: Segmenter, image: LoadedImage | np.ndarray, controls:
     floor = min(float(controls.score_threshold), SCORE_FLOOR)
     NETWORK_RUNS.add(1)
     return segmenter.predict_one(
-        image, score_threshold=floor, mask_threshold=float(controls.mask_threshold), max_detections=100
+        image, score_threshold=floor, mask_threshold=float(controls.mask_threshold), max_detections=100,
+        keep_features=True,  # a lower threshold or another class computes its masks from them
     )

@@ -65,15 +65,17 @@ def preview_prediction(pred: Prediction, max_side: int = PREVIEW_MAX_SIDE) -> Pr
     size = (max(1, round(pred.width * scale)), max(1, round(pred.height * scale)))
     small = cv2.resize(pred.image, size, interpolation=cv2.INTER_AREA)
     sx, sy = size[0] / pred.width, size[1] / pred.height
-    instances = [
-        replace(inst, box=(inst.box[0] * sx, inst.box[1] * sy, inst.box[2] * sx, inst.box[3] * sy))
-        for inst in pred.instances
-    ]
+    scaled = {
+        inst.id: replace(inst, box=(inst.box[0] * sx, inst.box[1] * sy, inst.box[2] * sx, inst.box[3] * sy))
+        for inst in pred.candidates
+    }
     return Prediction(
-        image=small, image_name=pred.image_name, instances=instances, score_floor=pred.score_floor,
-        score_threshold=pred.score_threshold, mask_threshold=pred.mask_threshold,
+        image=small, image_name=pred.image_name, instances=[scaled[inst.id] for inst in pred.instances],
+        score_floor=pred.score_floor, score_threshold=pred.score_threshold, mask_threshold=pred.mask_threshold,
         model_title=pred.model_title, device_name=pred.device_name,
         inference_seconds=pred.inference_seconds, class_names=pred.class_names,
+        candidates=list(scaled.values()), classes=pred.classes, max_detections=pred.max_detections,
+        mask_head=pred.mask_head,  # same objects, same 28×28 masks: pasted at the preview's size
     )
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torchvision.models import detection
 
+from maskseg.engine.backend import apply_backend, check_precision, resolve_backend
 from maskseg.engine.checkpoint import load_checkpoint
 from maskseg.errors import CheckpointError, UsageError, WeightsMissingError
 
@@ -90,6 +91,9 @@ class LoadedModel:
     source: str
     info: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    backend: str = "torch"  # what runs the backbone and heads: "torch" or "openvino"
+    precision: str = "fp32"  # "fp32" or "bf16"
+    backend_note: str = ""  # why the asked-for backend is not the one running, if it is not
 
     @property
     def real_class_names(self) -> list[str]:
@@ -101,7 +105,12 @@ class LoadedModel:
         """'CPU' or the GPU's name, for status lines."""
         if self.device.type == "cuda":
             return torch.cuda.get_device_name(self.device)
-        return "CPU"
+        return f"CPU · {self.runtime_name}"
+
+    @property
+    def runtime_name(self) -> str:
+        """The backend and precision in words, e.g. 'OpenVINO fp32' or 'torch bf16'."""
+        return f"{'OpenVINO' if self.backend == 'openvino' else 'torch'} {self.precision}"
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -220,24 +229,30 @@ def _load_checkpoint_model(path: Path, title: str | None = None) -> LoadedModel:
     )
 
 
-_CACHE: dict[tuple[str, str], LoadedModel] = {}
+_CACHE: dict[tuple[str, str, str, str], LoadedModel] = {}
 _CACHE_LOCK = threading.Lock()  # guards the dicts only; never held while a model is built
-_BUILD_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_BUILD_LOCKS: dict[tuple[str, str, str, str], threading.Lock] = {}
 
 
 def load_model(
     model: str | None = "auto",
     checkpoint: str | Path | None = None,
     device: str | torch.device = "auto",
+    backend: str = "torch",
+    precision: str = "fp32",
 ) -> LoadedModel:
     """The model for these settings, built once per process and shared by every caller.
+
+    `backend` is auto, torch or openvino (auto: OpenVINO on CPU, torch on CUDA); training uses torch.
 
     Building (perhaps a 170 MB download) holds only that model's own lock, so requests for
     models already loaded never wait behind it.
     """
     dev = resolve_device(device)
     key = str(Path(checkpoint).resolve()) if checkpoint is not None else resolve_model_name(model, dev)
-    cache_key = (key, str(dev))
+    runtime = resolve_backend(backend, dev)
+    precision = check_precision(precision)
+    cache_key = (key, str(dev), runtime, precision)
     with _CACHE_LOCK:
         cached = _CACHE.get(cache_key)
         if cached is not None:
@@ -249,6 +264,7 @@ def load_model(
         if cached is not None:
             return cached
         loaded = _build_model(key, checkpoint, dev)
+        apply_backend(loaded, runtime, precision)
         with _CACHE_LOCK:
             _CACHE[cache_key] = loaded
         return loaded

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import torch
@@ -13,6 +13,9 @@ import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 
 from maskseg.errors import MaskSegError
+
+if TYPE_CHECKING:
+    from maskseg.engine.forward import MaskHead
 
 TABLE_COLUMNS = ["#", "class", "score", "x1", "y1", "x2", "y2", "area_px", "area_pct"]
 
@@ -73,7 +76,8 @@ class Instance:
     class_name: str
     score: float
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in original-image pixels
-    mask_probabilities: torch.Tensor = field(repr=False, compare=False)  # the head's M×M output
+    # The head's M×M output; None while it lives in the prediction's MaskHead (computed on demand).
+    mask_probabilities: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
 
 class _MaskStore:
@@ -87,11 +91,18 @@ class _MaskStore:
         self._crops: dict[tuple[int, float], MaskCrop] = {}
         self._lock = threading.Lock()
 
-    def get(self, instance: Instance, height: int, width: int, mask_threshold: float) -> MaskCrop:
+    def get(
+        self, instance: Instance, height: int, width: int, mask_threshold: float, mask_head: "MaskHead | None"
+    ) -> MaskCrop:
         key = (instance.id, mask_threshold)
         crop = self._crops.get(key)
         if crop is None:
-            crop = paste_mask_crop(instance.mask_probabilities, instance.box, height, width, mask_threshold)
+            probabilities = instance.mask_probabilities
+            if probabilities is None:
+                if mask_head is None:
+                    raise MaskSegError(f"Object {instance.id} has no mask probabilities.")
+                probabilities = mask_head.probabilities(instance.id - 1)
+            crop = paste_mask_crop(probabilities, instance.box, height, width, mask_threshold)
             with self._lock:
                 self._crops[key] = crop
         return crop
@@ -113,6 +124,11 @@ class Prediction:
     class_names: list[str] = field(default_factory=list, repr=False)  # the model's, index = label
     # Everything the network returned down to score_floor; `instances` is the current view of it.
     candidates: list[Instance] | None = field(default=None, repr=False)
+    # The view's class filter (None: every class) and cap; a later filter() keeps what it is not given.
+    classes: tuple[str, ...] | None = None
+    max_detections: int | None = None
+    # Computes masks of candidates on demand (candidate id k is its index k - 1); shared by views.
+    mask_head: "MaskHead | None" = field(default=None, repr=False, compare=False)
     _store: _MaskStore = field(default_factory=_MaskStore, repr=False)
 
     def __post_init__(self) -> None:
@@ -146,7 +162,8 @@ class Prediction:
         """A view keeping candidates at or above the threshold, of these classes, at most N of them.
 
         Always filters the network's full answer (down to the floor), so a threshold can go down
-        as well as up; mask crops are shared, so re-filtering never pastes a mask twice.
+        as well as up; mask crops are shared, so re-filtering never pastes a mask twice. Settings
+        not given stay as they were; `classes=[]` means every class again.
         """
         threshold = self.score_threshold if score_threshold is None else float(score_threshold)
         if not self.can_filter(threshold):
@@ -154,24 +171,30 @@ class Prediction:
                 f"Threshold {threshold:.2f} is below {self.score_floor:.2f}, the floor this image was "
                 "run at; run the model again at the lower threshold."
             )
-        wanted = set(classes) if classes else None
+        wanted = self.classes if classes is None else (tuple(sorted(set(classes))) or None)
+        cap = self.max_detections if max_detections is None else max(int(max_detections), 0)
         kept = [
             inst
             for inst in self.candidates
             if inst.score >= threshold and (wanted is None or inst.class_name in wanted)
         ]
-        if max_detections is not None:
-            kept = kept[: max(int(max_detections), 0)]
+        if cap is not None:
+            kept = kept[:cap]
+        if self.mask_head is not None and not self.mask_head.released:
+            # One mask-head call for every newly shown object, instead of one per object later.
+            self.mask_head.ensure(inst.id - 1 for inst in kept if inst.mask_probabilities is None)
         return replace(
             self,
             instances=kept,
             score_threshold=threshold,
+            classes=wanted,
+            max_detections=cap,
             mask_threshold=self.mask_threshold if mask_threshold is None else float(mask_threshold),
         )
 
     def mask_crop(self, instance: Instance) -> MaskCrop:
         """The instance's binary mask at full resolution, stored inside its box."""
-        return self._store.get(instance, self.height, self.width, self.mask_threshold)
+        return self._store.get(instance, self.height, self.width, self.mask_threshold, self.mask_head)
 
     def mask(self, instance: Instance) -> np.ndarray:
         """The instance's binary mask as a full-size H×W bool array."""

@@ -9,15 +9,20 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from maskseg.training.datasets import InstanceDataset, default_transforms, open_dataset
+from maskseg.training.datasets import InstanceDataset, open_dataset
+
+if TYPE_CHECKING:
+    from maskseg.engine.segmenter import Segmenter
+
+# COCOeval scores at most 100 detections per image (its maxDets); so does `predict` by default.
+COCO_MAX_DETECTIONS = 100
 from maskseg.errors import MaskSegError
 
 
@@ -195,47 +200,36 @@ def label_mapping(model_class_names: list[str], dataset_class_names: list[str]) 
     return {k: index[name] for k, name in enumerate(model_class_names) if k > 0 and name in index}
 
 
-@torch.no_grad()
 def predict_dataset(
-    network: torch.nn.Module,
+    segmenter: "Segmenter",
     dataset: InstanceDataset,
-    class_names: list[str],
-    device: torch.device | str = "cpu",
-    mask_threshold: float = 0.5,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the network over every image; detections in COCO results format with dataset labels."""
-    mapping = label_mapping(class_names, dataset.class_names)
-    was_training = network.training
-    network.eval()
-    saved_transforms = dataset.transforms
-    dataset.transforms = default_transforms(train=False)
+    """Run the Segmenter over every image, as `predict` does, down to COCO's floor and 100 objects;
+    detections in COCO results format with dataset labels, from the bundle's own instances.json."""
+    from maskseg.engine.export import coco_document
+    from maskseg.engine.segmenter import SCORE_FLOOR
+
+    mapping = label_mapping(segmenter.loaded.class_names, dataset.class_names)
     results: list[dict[str, Any]] = []
-    try:
-        for index in range(len(dataset)):
-            image, _ = dataset[index]
-            output = network([image.to(device)])[0]
-            masks = (output["masks"][:, 0] > mask_threshold).cpu().numpy()
-            for box, label, score, mask in zip(output["boxes"].tolist(), output["labels"].tolist(), output["scores"].tolist(), masks):
-                if label not in mapping:
-                    continue
-                rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-                rle["counts"] = rle["counts"].decode("ascii")
-                x1, y1, x2, y2 = box
-                results.append(
-                    {
-                        "image_id": dataset.records[index].image_id,
-                        "category_id": mapping[label],
-                        "bbox": [x1, y1, x2 - x1, y2 - y1],
-                        "score": float(score),
-                        "segmentation": rle,
-                    }
-                )
-            if progress:
-                progress(index + 1, len(dataset))
-    finally:
-        dataset.transforms = saved_transforms
-        network.train(was_training)
+    for index in range(len(dataset)):
+        prediction = segmenter.predict_one(
+            dataset.load_image(index), score_threshold=SCORE_FLOOR, max_detections=COCO_MAX_DETECTIONS
+        )
+        for ann in coco_document(prediction)["annotations"]:
+            if ann["category_id"] not in mapping:
+                continue
+            results.append(
+                {
+                    "image_id": dataset.records[index].image_id,
+                    "category_id": mapping[ann["category_id"]],
+                    "bbox": ann["bbox"],
+                    "score": ann["score"],
+                    "segmentation": ann["segmentation"],
+                }
+            )
+        if progress:
+            progress(index + 1, len(dataset))
     return results
 
 
@@ -247,8 +241,20 @@ def evaluate_network(
     score_threshold: float = 0.5,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
-    """Predict over a dataset and score the predictions with COCOeval."""
-    detections = predict_dataset(network, dataset, class_names, device, progress=progress)
+    """Score a network in memory (training's validation) through the same Segmenter `predict` runs."""
+    from maskseg.engine.models import LoadedModel
+    from maskseg.engine.segmenter import Segmenter
+
+    was_training = network.training
+    network.eval()
+    loaded = LoadedModel(
+        key="validation", title="model in training", architecture="", network=network,
+        class_names=list(class_names), device=torch.device(device), source="memory",
+    )
+    try:
+        detections = predict_dataset(Segmenter.from_loaded(loaded), dataset, progress=progress)
+    finally:
+        network.train(was_training)
     return coco_metrics(dataset.to_coco(), detections, score_threshold)
 
 
@@ -331,18 +337,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.predictions:
         detections = read_bundles(args.predictions, dataset)
     else:
-        from maskseg.engine.models import load_model
-
         if not args.checkpoint and not args.model:
             raise MaskSegError("Pass --checkpoint CKPT, --model NAME or --predictions DIR to evaluate.")
-        loaded = load_model(model=args.model, checkpoint=args.checkpoint, device=args.device)
-        loaded.network.roi_heads.score_thresh = 0.05  # AP needs the low-score tail too
+        from maskseg.engine.segmenter import Segmenter
+
+        segmenter = Segmenter(
+            model=args.model, checkpoint=args.checkpoint, device=args.device,
+            backend=args.backend, precision=args.precision,
+        )
         from tqdm import tqdm
 
         with tqdm(total=len(dataset), desc="eval", unit="img") as bar:
-            detections = predict_dataset(
-                loaded.network, dataset, loaded.class_names, loaded.device, progress=lambda i, n: bar.update(1)
-            )
+            detections = predict_dataset(segmenter, dataset, progress=lambda i, n: bar.update(1))
     result = coco_metrics(dataset.to_coco(), detections, args.threshold)
     print(format_report(result))
     out = Path(args.out)
@@ -366,4 +372,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--plot", help="precision-recall PNG (default: next to --out)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    from maskseg.engine.backend import add_backend_arguments
+
+    add_backend_arguments(parser)
     parser.set_defaults(handler=_run)
