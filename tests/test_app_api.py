@@ -246,3 +246,46 @@ def test_fresh_machine_app_starts_offline_and_segments_with_the_demo_model(tmp_p
             image=handle_file(str(examples[0])), model="shapes-demo", score_threshold=0.5, api_name="/segment"
         )
         assert table["data"], f"the shapes demo found nothing in {examples[0].name}: {status}"
+
+
+def test_api_cli_and_python_find_the_same_objects_of_a_class_when_the_cap_binds(client, small_images, tmp_path):
+    """Classes apply before the cap on every path: a class whose objects all rank below the
+    overall top 100 still gets its best 3 in the app's API, the CLI and the Python API."""
+    from gradio_client import handle_file
+
+    from maskseg.engine.segmenter import Segmenter
+
+    photo = small_images["street"]
+    segmenter = Segmenter(model="maskrcnn_resnet50_fpn", device="cpu")
+    everything = segmenter.predict_one(photo, score_threshold=0.0, max_detections=100)
+    top = {inst.class_name for inst in everything.instances}
+    later = [inst.class_name for inst in everything.candidates[100:] if inst.class_name not in top]
+    assert later, "random weights should leave some class entirely outside the top 100"
+    wanted = max(set(later), key=later.count)
+    python = segmenter.predict_one(photo, score_threshold=0.0, classes=[wanted], max_detections=3)
+    assert len(python.instances) == 3 and {i.class_name for i in python.instances} == {wanted}
+    expected = [(i.class_name, round(i.score, 4), [round(v, 1) for v in i.box]) for i in python.instances]
+
+    _, table, _, _, _ = client.predict(
+        image=handle_file(str(photo)), model="maskrcnn_resnet50_fpn", score_threshold=0.0, classes=[wanted],
+        max_objects=3, api_name="/segment",
+    )
+    api = [(row[1], round(float(row[2]), 4), [round(float(v), 1) for v in row[3:7]]) for row in table["data"]]
+    assert api == expected
+
+    out = tmp_path / "cli"
+    subprocess.run(
+        [sys.executable, "-m", "maskseg", "predict", str(photo), "--out", str(out), "--model", "maskrcnn_resnet50_fpn",
+         "--device", "cpu", "--threshold", "0", "--classes", wanted, "--max-detections", "3"],
+        check=True, capture_output=True, cwd=REPO_ROOT, env={**os.environ},
+    )
+    document = json.loads((out / photo.stem / "instances.json").read_text())
+    names = {c["id"]: c["name"] for c in document["categories"]}
+    cli = [
+        (names[a["category_id"]], round(a["score"], 4), [round(a["bbox"][0], 1), round(a["bbox"][1], 1),
+         round(a["bbox"][0] + a["bbox"][2], 1), round(a["bbox"][1] + a["bbox"][3], 1)])
+        for a in document["annotations"]
+    ]
+    assert [(n, s) for n, s, _ in cli] == [(n, s) for n, s, _ in expected]
+    for (_, _, got), (_, _, want) in zip(cli, expected):
+        assert max(abs(g - w) for g, w in zip(got, want)) <= 0.1
