@@ -88,7 +88,7 @@ def apply_backend(
     if backend != "openvino":
         return
     try:
-        from maskseg.engine.openvino_backend import OpenVinoUnavailable, install_openvino
+        from maskseg.engine.openvino_parts import OpenVinoUnavailable, install_openvino
     except ImportError as exc:  # pragma: no cover - the module ships with maskseg
         loaded.backend_note = f"OpenVINO backend unavailable ({exc}); running on torch."
         say(loaded.backend_note)

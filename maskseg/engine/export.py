@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -21,6 +23,8 @@ from maskseg.engine.prediction import TABLE_COLUMNS, Prediction
 from maskseg.engine.render import RenderOptions, render_overlay
 
 CSV_COLUMNS = ["id", *TABLE_COLUMNS[1:]]
+# Threads encoding one bundle's PNGs: each holds at most one object's two full-size masks.
+EXPORT_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 def mask_file_name(instance_id: int, class_name: str) -> str:
@@ -109,24 +113,39 @@ def csv_text(prediction: Prediction) -> str:
     return buffer.getvalue()
 
 
-def bundle_files(prediction: Prediction, options: RenderOptions = RenderOptions()) -> Iterator[tuple[str, bytes]]:
-    """(relative path, bytes) for every file of one image's bundle, one object in memory at a time."""
-    yield "overlay.png", encode_png(render_overlay(prediction, options))
-    rles = []
+def _object_files(prediction: Prediction, inst) -> tuple[dict, list[tuple[str, bytes]]]:
+    """One object's RLE and its (mask PNG, cut-out PNG) files; its full-size masks are freed on return."""
+    crop = prediction.mask_crop(inst)
     height, width = prediction.height, prediction.width
-    for inst in prediction.instances:
-        crop = prediction.mask_crop(inst)
-        # Build each full-size mask in the memory order its consumer wants, filling only the box:
-        # Fortran order for pycocotools' RLE, C order with 0/255 for the PNG.
-        as_fortran = np.zeros((height, width), dtype=np.uint8, order="F")
-        as_fortran[crop.y0 : crop.y1, crop.x0 : crop.x1] = crop.pixels
-        rles.append(mask_utils.encode(as_fortran))
-        as_png = np.zeros((height, width), dtype=np.uint8)
-        as_png[crop.y0 : crop.y1, crop.x0 : crop.x1] = crop.pixels * np.uint8(255)
-        yield mask_file_name(inst.id, inst.class_name), encode_png(as_png)
-        del as_fortran, as_png  # free the full-size masks before the cut-out is made
-        yield cutout_file_name(inst.id, inst.class_name), encode_png(cutout_rgba(prediction, inst))
-    yield "label_map.png", encode_png(prediction.label_map())
+    # Build each full-size mask in the memory order its consumer wants, filling only the box:
+    # Fortran order for pycocotools' RLE, C order with 0/255 for the PNG.
+    as_fortran = np.zeros((height, width), dtype=np.uint8, order="F")
+    as_fortran[crop.y0 : crop.y1, crop.x0 : crop.x1] = crop.pixels
+    rle = mask_utils.encode(as_fortran)
+    del as_fortran
+    as_png = np.zeros((height, width), dtype=np.uint8)
+    as_png[crop.y0 : crop.y1, crop.x0 : crop.x1] = crop.pixels * np.uint8(255)
+    files = [(mask_file_name(inst.id, inst.class_name), encode_png(as_png))]
+    del as_png
+    files.append((cutout_file_name(inst.id, inst.class_name), encode_png(cutout_rgba(prediction, inst))))
+    return rle, files
+
+
+def bundle_files(prediction: Prediction, options: RenderOptions = RenderOptions()) -> Iterator[tuple[str, bytes]]:
+    """(relative path, bytes) for every file of one image's bundle.
+
+    PNG encoding releases the GIL, so objects are encoded on every core; at most one object per
+    core has its full-size masks in memory at a time.
+    """
+    with ThreadPoolExecutor(max_workers=EXPORT_THREADS) as pool:
+        overlay = pool.submit(lambda: encode_png(render_overlay(prediction, options)))
+        label_map = pool.submit(lambda: encode_png(prediction.label_map()))
+        per_object = list(pool.map(lambda inst: _object_files(prediction, inst), prediction.instances))
+        yield "overlay.png", overlay.result()
+        for _, files in per_object:
+            yield from files
+        yield "label_map.png", label_map.result()
+    rles = [rle for rle, _ in per_object]
     yield "instances.json", json.dumps(coco_document(prediction, rles), indent=1).encode()
     yield "objects.csv", csv_text(prediction).encode()
 

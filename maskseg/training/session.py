@@ -201,7 +201,8 @@ def _private_segmenter(snapshot: Checkpoint):
 
     with tempfile.TemporaryDirectory(prefix="maskseg-preview-") as folder:
         path = save_checkpoint(snapshot, Path(folder) / "preview.pt")
-        segmenter = Segmenter(checkpoint=path, device="cpu")
+        # torch, not OpenVINO: the preview's weights change in place after every snapshot.
+        segmenter = Segmenter(checkpoint=path, device="cpu", backend="torch")
         forget_model(path)
     return segmenter
 
