@@ -114,7 +114,7 @@ def child(which: str, size: str, count: int) -> None:
 
     width, height = (int(v) for v in size.split("x"))
     image = photo_of_size(width, height)
-    segmenter = Segmenter(model="v1", device="cpu", backend="torch" if which == "seed" else None)
+    segmenter = Segmenter(model="v1", device="cpu", backend="torch" if which in ("seed", "torch") else None)
     threshold = threshold_keeping(segmenter, cv2.resize(image, (1333, 1000)), count)
     baseline = peak_rss_mb()
     if which == "seed":
@@ -224,7 +224,7 @@ def _per_image_times(model: str, image: np.ndarray, repeats: int, lines: list[st
               "| ---: " * (2 + 2 * len(runs)) + "|"]
     timing: dict[int, dict[str, float]] = {}
     for count in (5, 20, 100):
-        threshold = threshold_keeping(reference, image, count) if count < 100 else 0.0
+        threshold = threshold_keeping(reference, image, count)
         with tempfile.TemporaryDirectory() as tmp:
             def seed():
                 net.roi_heads.score_thresh, net.roi_heads.detections_per_img = 0.05, 100
@@ -314,7 +314,9 @@ def _startup(model: str, backend: str, env: dict[str, str]) -> float:
 def _memory_section(torch_home: str) -> list[str]:
     """Peak memory on a 12 MP photo with 100 objects, each pipeline in its own process."""
     seed_mem = peak_rss_child("seed", torch_home, 4000, 3000, 100)
+    peak_rss_child("maskseg", torch_home, 4000, 3000, 5)  # fills the compile cache: measure a warm start
     ours_mem = peak_rss_child("maskseg", torch_home, 4000, 3000, 100)
+    torch_mem = peak_rss_child("torch", torch_home, 4000, 3000, 100)
     return [
         "",
         "## Peak memory, v1, 4000×3000 photo, 100 objects (fresh process each)",
@@ -324,8 +326,11 @@ def _memory_section(torch_home: str) -> list[str]:
         f"| seed | {seed_mem['peak_mb']:.0f} | {seed_mem['peak_mb'] - seed_mem['before_mb']:.0f} | 1 |",
         f"| maskseg {ours_mem['runtime']} (with exports) | {ours_mem['peak_mb']:.0f} | "
         f"{ours_mem['peak_mb'] - ours_mem['before_mb']:.0f} | {ours_mem['peak_mb'] / seed_mem['peak_mb']:.2f} |",
+        f"| maskseg {torch_mem['runtime']} (with exports) | {torch_mem['peak_mb']:.0f} | "
+        f"{torch_mem['peak_mb'] - torch_mem['before_mb']:.0f} | {torch_mem['peak_mb'] / seed_mem['peak_mb']:.2f} |",
         "",
-        f"Target: maskseg peak ≤ 1.5 GB (1536 MB) → {'met' if ours_mem['peak_mb'] <= 1536 else 'NOT met'}.",
+        f"Target: the default backend's peak ≤ 1.5 GB (1536 MB) → "
+        f"{'met' if ours_mem['peak_mb'] <= 1536 else 'NOT met'} ({ours_mem['peak_mb']:.0f} MB).",
     ]
 
 
