@@ -74,7 +74,7 @@ def weights_fingerprint(network: torch.nn.Module, source: str) -> str:
     else:
         # Weights from memory: a few parameter sums identify them well enough for a cache key.
         for parameter in list(network.parameters())[:: max(1, len(list(network.parameters())) // 16)]:
-            digest.update(f"{float(parameter.double().sum()):.10e}".encode())
+            digest.update(f"{float(parameter.detach().double().sum()):.10e}".encode())
     return digest.hexdigest()[:16]
 
 

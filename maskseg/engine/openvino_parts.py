@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +181,8 @@ def _ir_path(cache_dir: Path, fingerprint: str, part: str, version: str) -> Path
 
 def _convert(ov, part: _Part, path: Path) -> None:
     """Trace one part to OpenVINO IR on disk, weights kept in fp32 (fp16 compression would change answers)."""
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracing warnings about constants say nothing to a user
         model = ov.convert_model(
             part.module.eval(), example_input=part.examples, input=[ov.PartialShape(s) for s in part.shapes]
         )
