@@ -6,6 +6,7 @@ import csv
 import io
 import os
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -60,10 +61,10 @@ def _overlay_src(page) -> str:
     return page.locator("#overlay img").get_attribute("src") or ""
 
 
-def _wait_for_new_overlay(page, old_src: str) -> None:
+def _wait_for_new_overlay(page, old_src: str, timeout: float = 60_000) -> None:
     page.wait_for_function(
         "(old) => { const i = document.querySelector('#overlay img'); return i && i.src && i.src !== old; }",
-        arg=old_src,
+        arg=old_src, timeout=timeout,
     )
 
 
@@ -255,13 +256,15 @@ def test_temp_files_stay_under_their_bound(browser_page, app_server, small_image
     from gradio_client import Client, handle_file
 
     from maskseg.app import tempfiles
+    from maskseg.app.session import NETWORK_RUNS
 
     store = tempfiles.TEMP_FILES
     folders = store.roots()
     assert any(str(tempfiles.gradio_cache_dir()).startswith(str(f)) for f in folders), "Gradio's cache is bounded too"
     bound = 8 * 1024 * 1024
     monkeypatch.setattr(store, "max_bytes", bound)
-    monkeypatch.setattr(store, "min_age_s", 0.0)
+    # Not 0: a file written a moment ago may be one Gradio is still moving into its cache.
+    monkeypatch.setattr(store, "min_age_s", 1.0)
     monkeypatch.setattr(tempfiles, "PRUNE_EVERY_S", 0.0)
     store.prune()
 
@@ -282,7 +285,13 @@ def test_temp_files_stay_under_their_bound(browser_page, app_server, small_image
     page.set_input_files("#input-image input[type=file]", str(small_images["kitchen"]))
     page.wait_for_selector("#input-image img")
     _set_threshold(page, 0.0)
+    runs_before = NETWORK_RUNS.count
     page.click("#run")
+    # The previous test left "Objects:" in the status: wait for this run's network call first.
+    deadline = time.monotonic() + 180
+    while NETWORK_RUNS.count == runs_before and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+    assert NETWORK_RUNS.count == runs_before + 1
     page.wait_for_function("() => document.querySelector('#status textarea').value.includes('Objects:')")
     opacity = "#opacity input[data-testid=number-input]"
     if not page.locator(opacity).is_visible():
