@@ -90,10 +90,13 @@ class LoadedModel:
     device: torch.device
     source: str
     info: dict[str, Any] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Re-entrant: the stage explorer holds it around a whole traced run, which takes it again inside.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     backend: str = "torch"  # what runs the backbone and heads: "torch" or "openvino"
     precision: str = "fp32"  # "fp32" or "bf16"
     backend_note: str = ""  # why the asked-for backend is not the one running, if it is not
+    # Parameters per stage, counted on the torch modules before a backend may swap them out.
+    stage_parameters: dict[str, int] = field(default_factory=dict)
 
     @property
     def real_class_names(self) -> list[str]:
@@ -292,7 +295,23 @@ def _build_model(key: str, checkpoint: str | Path | None, dev: torch.device) -> 
         )
     loaded.network.eval().to(dev)
     loaded.device = dev
+    loaded.stage_parameters = count_stage_parameters(loaded.network)
     return loaded
+
+
+def count_stage_parameters(network: nn.Module) -> dict[str, int]:
+    """Parameters of each stage the explorer shows: backbone + FPN, RPN, box head, mask head."""
+    heads = network.roi_heads
+    stages = {
+        "backbone": [network.backbone],
+        "rpn": [network.rpn],
+        "box_head": [heads.box_head, heads.box_predictor],
+        "mask_head": [getattr(heads, "mask_head", None), getattr(heads, "mask_predictor", None)],
+    }
+    return {
+        stage: sum(p.numel() for m in modules if m is not None for p in m.parameters())
+        for stage, modules in stages.items()
+    }
 
 
 def forget_model(checkpoint: str | Path) -> None:

@@ -1,0 +1,130 @@
+"""Hooks that watch one run of the network's own modules: what each stage received and returned,
+when it started and ended, and the multiply-adds its torch layers did. Nothing here computes a result."""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+STAGE_NAMES = ("backbone", "rpn", "box_head", "mask_head")
+
+
+@dataclass
+class Recording:
+    """Everything the hooks saw during one traced run."""
+
+    input_shape: tuple[int, ...] = ()  # the padded batch the backbone saw (N, C, H, W)
+    features: dict[str, torch.Tensor] | None = None
+    objectness: list[torch.Tensor] = field(default_factory=list)  # per level, N×A×H×W logits
+    anchors: torch.Tensor | None = None  # every anchor of the image, network frame
+    filter_inputs: tuple | None = None  # RPN filter_proposals(proposals, objectness, sizes, per_level)
+    proposals: torch.Tensor | None = None  # the RPN's output boxes
+    box_pooled: torch.Tensor | None = None  # RoIAlign 7×7 features of every proposal
+    postprocess_inputs: tuple | None = None  # postprocess_detections(logits, regression, proposals, sizes)
+    postprocess_outputs: tuple | None = None
+    started: dict[str, float] = field(default_factory=dict)
+    ended: dict[str, float] = field(default_factory=dict)
+    macs: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGE_NAMES, 0))
+    counted_macs: bool = False  # torch layers ran (OpenVINO's compiled parts are opaque to hooks)
+    _stage: str | None = None
+
+    def enter(self, stage: str) -> None:
+        self._stage = stage
+        self.started.setdefault(stage, time.perf_counter())
+
+    def leave(self, stage: str) -> None:
+        self.ended[stage] = time.perf_counter()
+
+    def seconds(self, stage: str) -> float:
+        if stage not in self.started or stage not in self.ended:
+            return 0.0
+        return max(self.ended[stage] - self.started[stage], 0.0)
+
+
+def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
+    """Multiply-adds of one conv or linear layer call, from its weights and its output's shape."""
+    weight = module.weight
+    if isinstance(module, nn.Linear):
+        return output.numel() * weight.shape[1]
+    if isinstance(module, nn.ConvTranspose2d):
+        inputs = output.numel() // (output.shape[1] * module.stride[0] * module.stride[1])
+        return inputs * weight[0].numel() * weight.shape[0] // max(module.groups, 1)
+    return output.numel() * weight[0].numel()  # Conv2d: C_in/groups × k × k per output value
+
+
+@contextmanager
+def record(network: nn.Module) -> Iterator[Recording]:
+    """Watch `network` for one run; every hook and wrapper is removed on exit."""
+    rec = Recording()
+    heads = network.roi_heads
+    with ExitStack() as stack:
+        def hook(module, pre=None, post=None):
+            if pre is not None:
+                stack.callback(module.register_forward_pre_hook(pre).remove)
+            if post is not None:
+                stack.callback(module.register_forward_hook(post).remove)
+
+        hook(network.backbone, lambda m, a: _enter_backbone(rec, a[0]), lambda m, a, out: _keep_features(rec, out))
+        hook(network.rpn, lambda m, a: rec.enter("rpn"), lambda m, a, out: _keep_proposals(rec, out))
+        hook(network.rpn.head, post=lambda m, a, out: setattr(rec, "objectness", [o.detach() for o in out[0]]))
+        hook(network.rpn.anchor_generator, post=lambda m, a, out: setattr(rec, "anchors", out[0].detach()))
+        hook(heads.box_roi_pool, lambda m, a: rec.enter("box_head"),
+             lambda m, a, out: setattr(rec, "box_pooled", out.detach()))
+        if getattr(heads, "mask_roi_pool", None) is not None:
+            hook(heads.mask_roi_pool, lambda m, a: rec.enter("mask_head"))
+            for module in (heads.mask_head, heads.mask_predictor):
+                hook(module, post=lambda m, a, out: rec.leave("mask_head"))
+        stack.enter_context(_wrap(network.rpn, "filter_proposals", lambda args, out: setattr(rec, "filter_inputs", args)))
+        stack.enter_context(_wrap(heads, "postprocess_detections", lambda args, out: _keep_postprocess(rec, args, out)))
+        for module in network.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+                hook(module, post=lambda m, a, out: _count(rec, m, out))
+        yield rec
+
+
+def _enter_backbone(rec: Recording, images: torch.Tensor) -> None:
+    rec.input_shape = tuple(images.shape)
+    rec.enter("backbone")
+
+
+def _keep_features(rec: Recording, out: Any) -> None:
+    rec.features = {name: level.detach() for name, level in out.items()}
+    rec.leave("backbone")
+
+
+def _keep_proposals(rec: Recording, out: Any) -> None:
+    rec.proposals = out[0][0].detach()
+    rec.leave("rpn")
+
+
+def _keep_postprocess(rec: Recording, args: tuple, out: tuple) -> None:
+    rec.postprocess_inputs, rec.postprocess_outputs = args, out
+    rec.leave("box_head")
+
+
+def _count(rec: Recording, module: nn.Module, output: torch.Tensor) -> None:
+    if rec._stage is not None and isinstance(output, torch.Tensor):
+        rec.macs[rec._stage] += _layer_macs(module, output)
+        rec.counted_macs = True
+
+
+@contextmanager
+def _wrap(owner: Any, name: str, seen) -> Iterator[None]:
+    """Call `seen(args, result)` after each call of `owner.name` (the module's own method runs)."""
+    original = getattr(owner, name)
+
+    def watched(*args):
+        result = original(*args)
+        seen(args, result)
+        return result
+
+    setattr(owner, name, watched)
+    try:
+        yield
+    finally:
+        delattr(owner, name)  # the instance attribute goes; the class's method shows through again
