@@ -27,15 +27,16 @@ class ExampleSets:
             "photos": [str(p) for p in files if not p.name.startswith("shapes_")],
         }
 
-    def build(self, image_in: gr.Image, class_names: list[str]) -> list[gr.Column]:
-        """Both rows, inside columns whose visibility follows the model; returns the columns."""
+    def build(self, image_in: gr.Image, class_names: list[str], prefix: str = "") -> list[gr.Column]:
+        """Both rows, inside columns whose visibility follows the model; returns the columns.
+        `prefix` keeps element ids unique when another tab has its own rows."""
         shown = example_kind(class_names)
         columns = []
         for kind, label, elem_id in (
             ("photos", "Example photos (COCO)", "examples-photos"),
             ("shapes", "Example images for the Shapes demo", "examples-shapes"),
         ):
-            with gr.Column(visible=kind == shown, elem_id=elem_id) as column:
+            with gr.Column(visible=kind == shown, elem_id=prefix + elem_id) as column:
                 if self.paths[kind]:
                     gr.Examples(examples=[[p] for p in self.paths[kind]], inputs=[image_in], label=label)
             columns.append(column)

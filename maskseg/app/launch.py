@@ -15,6 +15,7 @@ from maskseg.app.about_tab import about_markdown, build_about_tab  # noqa: E402
 from maskseg.app.batch_tab import build_batch_tab  # noqa: E402
 from maskseg.app.config import AppConfig  # noqa: E402
 from maskseg.app.examples import ExampleSets  # noqa: E402
+from maskseg.app.explorer_tab import EXPLORER_CSS, build_explorer_tab  # noqa: E402
 from maskseg.app.model_menu import make_segmenter, startup_model  # noqa: E402
 from maskseg.app.segment_tab import build_segment_tab  # noqa: E402
 from maskseg.app.tempfiles import TEMP_FILES  # noqa: E402
@@ -22,7 +23,7 @@ from maskseg.app.tempfiles import TEMP_FILES  # noqa: E402
 CSS = """
 #status textarea {font-weight: 600}
 .maskseg-legend {line-height: 1.9}
-"""
+""" + EXPLORER_CSS
 
 TITLE = (
     "# maskseg\nInstance segmentation with Mask R-CNN: every object painted over your photo, "
@@ -46,6 +47,8 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Segment", id="segment") as segment_tab:
                 segment = build_segment_tab(config, startup.model, class_names, examples)
+            with gr.Tab("Inside Mask R-CNN", id="explorer"):
+                build_explorer_tab(config, startup.model, class_names, examples)
             with gr.Tab("Batch", id="batch") as batch_tab:
                 batch_model = build_batch_tab(config, startup.model)
             if config.train_enabled:

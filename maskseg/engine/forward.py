@@ -15,6 +15,7 @@ import torch
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import maskrcnn_inference
 
+from maskseg.engine.roi_pool import pool_rois
 from maskseg.errors import MaskSegError
 
 # Candidates kept per image after NMS. torchvision's cap is 100 *after* any class filter a person
@@ -41,7 +42,7 @@ def detect(
     heads.detections_per_img = CANDIDATE_LIMIT
     features = network.backbone(images.tensors)
     proposals, _ = network.rpn(images, features)
-    pooled = heads.box_roi_pool(features, proposals, images.image_sizes)
+    pooled = pool_rois(heads.box_roi_pool, features, proposals, images.image_sizes)
     class_logits, box_regression = heads.box_predictor(heads.box_head(pooled))
     boxes, scores, labels = heads.postprocess_detections(class_logits, box_regression, proposals, images.image_sizes)
     candidates = [
@@ -92,7 +93,7 @@ class MaskHead:
         with self._lock, torch.inference_mode():
             chosen = torch.tensor(missing, dtype=torch.int64, device=self._boxes.device)
             heads = self._network.roi_heads
-            pooled = heads.mask_roi_pool(self._features, [self._boxes[chosen]], [self._size])
+            pooled = pool_rois(heads.mask_roi_pool, self._features, [self._boxes[chosen]], [self._size])
             logits = heads.mask_predictor(heads.mask_head(pooled))
             probs = maskrcnn_inference(logits, [self._labels[chosen]])[0][:, 0].float().cpu()
         for index, mask in zip(missing, probs):

@@ -73,8 +73,9 @@ def record(network: nn.Module) -> Iterator[Recording]:
         hook(network.rpn, lambda m, a: rec.enter("rpn"), lambda m, a, out: _keep_proposals(rec, out))
         hook(network.rpn.head, post=lambda m, a, out: setattr(rec, "objectness", [o.detach() for o in out[0]]))
         hook(network.rpn.anchor_generator, post=lambda m, a, out: setattr(rec, "anchors", out[0].detach()))
-        hook(heads.box_roi_pool, lambda m, a: rec.enter("box_head"),
-             lambda m, a, out: setattr(rec, "box_pooled", out.detach()))
+        hook(heads.box_roi_pool, lambda m, a: rec.enter("box_head"))
+        # The box head's input, not RoIAlign's output: RoIAlign may run in chunks on several threads.
+        hook(heads.box_head, lambda m, a: setattr(rec, "box_pooled", a[0].detach()))
         if getattr(heads, "mask_roi_pool", None) is not None:
             hook(heads.mask_roi_pool, lambda m, a: rec.enter("mask_head"))
             for module in (heads.mask_head, heads.mask_predictor):
