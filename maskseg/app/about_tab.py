@@ -1,4 +1,4 @@
-"""The About tab: how Mask R-CNN works in plain words, then the loaded model, device and versions."""
+"""The About tab: what maskseg is (the stages themselves are in the explorer tab), then the loaded model, device and versions."""
 
 from __future__ import annotations
 
@@ -13,29 +13,16 @@ from maskseg.app.model_menu import make_segmenter
 from maskseg.errors import MaskSegError
 
 ABOUT_TEXT = """
-# How Mask R-CNN finds objects
+# About maskseg
 
-Mask R-CNN answers three questions for every object in a photo: *what is it*, *where is it*
-(a box) and *which pixels belong to it* (a mask). It does this in stages:
+maskseg finds every object in a photo with Mask R-CNN: *what it is*, *where it is* (a box) and
+*which pixels belong to it* (a mask). To see **how** the network does that, stage by stage on your
+own photo (the input resize, the feature pyramid, the anchors and proposals, RoIAlign, the box and
+mask heads), open the **Inside Mask R-CNN** tab: each stage has a short explanation in plain words,
+and *Lesson mode* steps through them one screen at a time for a projector.
 
-1. **Backbone and FPN.** A ResNet-50 network turns the photo into feature maps: grids of numbers
-   that describe edges, textures and parts. The *Feature Pyramid Network* combines them at several
-   scales, so small and large objects are both described well.
-2. **Region proposals.** The *Region Proposal Network* slides over the feature maps and suggests
-   about a thousand boxes that might contain *something*, without yet saying what.
-3. **RoIAlign.** Each proposed box is cut out of the feature maps and resampled to a small fixed
-   grid (7×7 for boxes, 14×14 for masks), with careful interpolation so the cut-out lines up
-   with the real pixels.
-4. **Box and class head.** A small network looks at each cut-out and says which class it is
-   (person, dog, car, ... or background) with a confidence *score*, and nudges the box to fit.
-5. **Mask head.** Another small network paints a 28×28 mask inside each kept box: the
-   probability that each spot belongs to the object.
-6. **Post-processing.** Overlapping boxes of the same class are merged (*non-maximum
-   suppression*), boxes below the **score threshold** are dropped, and each 28×28 mask is resized
-   to its box in the full photo and cut at the **mask threshold** to give the final pixels.
-
-The sliders in the Segment tab act on step 6 only: that is why moving them is instant, while a
-new photo or model runs all six steps again.
+The sliders in the Segment tab act on the last step only (which objects are shown and how their
+masks are cut): that is why moving them is instant, while a new photo or model runs the network again.
 """
 
 

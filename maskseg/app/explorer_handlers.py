@@ -156,7 +156,8 @@ def _result_stage(state: ExplorerState) -> dict[str, Any]:
     rows = []
     for name, key in STAGE_KEYS.items():
         if key in params:
-            share_m = f"{100 * macs[key] / total_m:.1f} % ({macs[key] / 1e9:.2f} G)" if macs else "hidden by OpenVINO"
+            approx = "≈ " if facts.get("multiply_adds_estimated") else ""
+            share_m = f"{approx}{100 * macs[key] / total_m:.1f} % ({approx}{macs[key] / 1e9:.2f} G)" if macs else "not counted"
             rows.append([name, f"{100 * params[key] / total_p:.1f} % ({params[key] / 1e6:.2f} M)", share_m])
     stats = pd.DataFrame(rows, columns=["stage", "parameters", "multiply-adds"])
     notes = " ".join(facts["notes"])

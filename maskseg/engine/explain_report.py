@@ -49,6 +49,7 @@ def summary(trace: Trace) -> dict[str, Any]:
         "seconds": {stage: round(trace.seconds.get(stage, 0.0), 4) for stage in STAGE_ORDER},
         "parameters": trace.parameters,
         "multiply_adds": trace.macs,
+        "multiply_adds_estimated": trace.runtime_is_compiled,
         "notes": trace.notes,
     }
 

@@ -70,8 +70,9 @@ class Trace:
     objects: dict[int, ObjectTrace]
     seconds: dict[str, float]
     parameters: dict[str, int]
-    macs: dict[str, int] | None  # None when OpenVINO ran the layers (its compiled parts hide them)
+    macs: dict[str, int] | None  # counted on torch; estimated per pixel / RoI where OpenVINO ran the layers
     score_threshold: float
+    runtime_is_compiled: bool = False  # OpenVINO ran the layers: multiply-adds are estimates
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -134,14 +135,27 @@ def _condense(segmenter: Segmenter, view: Prediction, rec: Recording, threshold:
         objects=_objects(network, view, rec, boxes, network_size, loaded.class_names),
         seconds={stage: rec.seconds(stage) for stage in ("backbone", "rpn", "box_head", "mask_head")},
         parameters=loaded.stage_parameters or count_stage_parameters(network),
-        macs=dict(rec.macs) if rec.counted_macs and loaded.backend == "torch" else None,
-        score_threshold=threshold,
+        macs=_macs(loaded, rec, view, boxes),
+        score_threshold=threshold, runtime_is_compiled=loaded.backend != "torch",
     )
     if threshold < SCORE_FLOOR:
         trace.notes.append(f"Below the {SCORE_FLOOR} floor the network keeps nothing lower; the view shows "
                            f"every candidate down to {SCORE_FLOOR}.")
     rec.features = rec.box_pooled = rec.anchors = None
     return trace
+
+
+def _macs(loaded, rec: Recording, view: Prediction, boxes: BoxFunnel) -> dict[str, int] | None:
+    """Multiply-adds per stage: counted by the hooks on torch layers; where OpenVINO ran them,
+    estimated from the torch layers' cost per pixel and per RoI (measured when the model loaded)."""
+    if loaded.backend == "torch" and rec.counted_macs:
+        return dict(rec.macs)
+    rates = loaded.info.get("mac_rates")
+    if not rates:
+        return None
+    pixels = rec.input_shape[-2] * rec.input_shape[-1]
+    work = {"backbone": pixels, "rpn": pixels, "box_head": boxes.proposals.shape[0], "mask_head": len(view.instances)}
+    return {stage: int(rates[stage] * amount) for stage, amount in work.items()}
 
 
 def _real_labels(class_names: list[str]) -> torch.Tensor:

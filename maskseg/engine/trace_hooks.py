@@ -129,3 +129,43 @@ def _wrap(owner: Any, name: str, seen) -> Iterator[None]:
         yield
     finally:
         delattr(owner, name)  # the instance attribute goes; the class's method shows through again
+
+
+def mac_rates(network: nn.Module, side: int = 256) -> dict[str, float]:
+    """Multiply-adds of each stage per unit of work, counted on the torch layers: per padded input
+    pixel for the backbone and the RPN head, per RoI for the box and mask heads. The explorer uses
+    them where a compiled backend hides the layers (convolution cost grows with pixels, head cost with RoIs)."""
+    heads = network.roi_heads
+    channels = network.backbone.out_channels
+    counts: dict[str, int] = {}
+
+    def measured(name: str, fn) -> None:
+        total = [0]
+        handles = [
+            m.register_forward_hook(lambda m, a, out: total.__setitem__(0, total[0] + _layer_macs(m, out)))
+            for m in network.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
+        ]
+        try:
+            fn()
+        finally:
+            for handle in handles:
+                handle.remove()
+        counts[name] = total[0]
+
+    with torch.no_grad():
+        image = torch.zeros(1, 3, side, side)
+        levels: list = []
+        measured("backbone", lambda: levels.extend(network.backbone(image).values()))
+        measured("rpn", lambda: network.rpn.head(levels))
+        box = torch.zeros(4, channels, *_size(heads.box_roi_pool.output_size))
+        measured("box_head", lambda: heads.box_predictor(heads.box_head(box)))
+        if getattr(heads, "mask_head", None) is not None:
+            mask = torch.zeros(4, channels, *_size(heads.mask_roi_pool.output_size))
+            measured("mask_head", lambda: heads.mask_predictor(heads.mask_head(mask)))
+    pixels = side * side
+    return {"backbone": counts["backbone"] / pixels, "rpn": counts["rpn"] / pixels,
+            "box_head": counts["box_head"] / 4, "mask_head": counts.get("mask_head", 0) / 4}
+
+
+def _size(size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
