@@ -132,7 +132,9 @@ def app_server(random_weights_home):
     demo = build_app(config)
     port = free_port()
     demo.queue(default_concurrency_limit=1, max_size=8)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    from maskseg.app.launch import CSS  # Gradio 6 takes CSS in launch(): the page the visitors get
+
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

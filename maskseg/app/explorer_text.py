@@ -76,6 +76,11 @@ def levels_table(summary: dict[str, Any]) -> str:
     for lv in summary["backbone"]["levels"]:
         c, h, w = lv["shape"]
         rows.append(f"| {lv['name']} | {lv['stride']} | {c} × {h} × {w} | {lv['covers_photo'][1]} × {lv['covers_photo'][0]} |")
+    strides = [lv["stride"] for lv in summary["backbone"]["levels"]]
+    if any(s & (s - 1) for s in strides):  # not a power of two: say why, before a student asks
+        rows.append("\nStrides are the padded input's height ÷ the level's rows, as torchvision's anchor "
+                    "generator computes them; P6 (P5 pooled with stride 2) rounds its rows up, so its stride "
+                    "comes out a little under 64.")
     return "\n".join(rows)
 
 

@@ -177,5 +177,5 @@ def mask_view(trace: Trace, instance_id: int, mask_threshold: float) -> np.ndarr
 
 
 def result_view(trace: Trace) -> np.ndarray:
-    """The final overlay, as the Segment tab draws it."""
-    return render_overlay(trace.view, RenderOptions())
+    """The final overlay, as the Segment tab draws it, at display size (clicks on it are read in display pixels)."""
+    return cv2.resize(render_overlay(trace.view, RenderOptions()), display_size(trace)[::-1], interpolation=cv2.INTER_AREA)

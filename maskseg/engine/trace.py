@@ -139,8 +139,8 @@ def _condense(segmenter: Segmenter, view: Prediction, rec: Recording, threshold:
         score_threshold=threshold, runtime_is_compiled=loaded.backend != "torch",
     )
     if threshold < SCORE_FLOOR:
-        trace.notes.append(f"Below the {SCORE_FLOOR} floor the network keeps nothing lower; the view shows "
-                           f"every candidate down to {SCORE_FLOOR}.")
+        trace.notes.append(f"Below the usual {SCORE_FLOOR} floor the network was run at this threshold itself; the view "
+                           f"shows every candidate down to {threshold:.2f}.")
     rec.features = rec.box_pooled = rec.anchors = None
     return trace
 
