@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from maskseg.app import explorer_text as text
+from maskseg.app.components import gpu
 from maskseg.app.config import AppConfig
 from maskseg.app.model_menu import make_segmenter
 from maskseg.app.session import NETWORK_RUNS
@@ -33,13 +37,55 @@ class ExplorerState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class TraceStore:
+    """Each session's trace, kept on the server so it goes the moment its tab closes (Gradio keeps a
+    closed session's gr.State for an hour); past the byte cap the least recently used go first."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, ExplorerState] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, session: str, state: ExplorerState) -> None:
+        with self._lock:
+            self._items.pop(session, None)
+            self._items[session] = state
+            while len(self._items) > 1 and self.total_bytes() > self.max_bytes:
+                self._items.popitem(last=False)
+
+    def get(self, session: str | None) -> ExplorerState | None:
+        with self._lock:
+            state = self._items.get(session or "")
+            if state is not None:
+                self._items.move_to_end(session)
+            return state
+
+    def drop(self, session: str | None) -> None:
+        with self._lock:
+            self._items.pop(session or "", None)
+
+    def total_bytes(self) -> int:
+        return sum(state.trace.nbytes() for state in self._items.values())
+
+
+# A session's trace holds its photo and a few MB (benchmarks/results/explorer.md); 1 GB by default.
+TRACES = TraceStore(int(float(os.environ.get("MASKSEG_TRACE_MAX_MB") or 1024) * 2**20))
+
+
+@gpu
+def trace_network(config: AppConfig, image, model: str, threshold: float):
+    """The traced run itself (a GPU is asked for here on ZeroGPU, as for the Segment tab's run)."""
+    NETWORK_RUNS.add(1)
+    return trace_photo(make_segmenter(model, config), image, score_threshold=float(threshold))
+
+
 def run_trace(config: AppConfig, image, model: str, threshold: float) -> ExplorerState:
-    """One traced network run for the session."""
+    """One traced network run."""
     if image is None:
         raise MaskSegError("Pick a photo first (upload, webcam, clipboard or an example).")
-    segmenter = make_segmenter(model, config)
-    NETWORK_RUNS.add(1)
-    trace = trace_photo(segmenter, image, score_threshold=float(threshold))
+    if not model:
+        raise MaskSegError("Pick a model first.")
+    trace = trace_network(config, image, model, threshold)
     first = trace.view.instances[0].id if trace.view.instances else None
     return ExplorerState(trace=trace, facts=summary(trace), object_id=first)
 
@@ -117,7 +163,7 @@ def _no_objects_sentence(state: ExplorerState) -> str:
 
 def _box_stage(state: ExplorerState, facts: dict[str, Any]) -> dict[str, Any]:
     funnel = text.box_funnel(facts)
-    if state.object_id is None:
+    if state.object_id not in state.trace.objects:
         return {"box_facts": f"{funnel}\n\n{_no_objects_sentence(state)}", "boxes_image": views.display_photo(state.trace),
                 "crop7": None, "crop14": None, "top_classes": None}
     obj = state.trace.objects[state.object_id]
@@ -131,7 +177,7 @@ def _box_stage(state: ExplorerState, facts: dict[str, Any]) -> dict[str, Any]:
 
 
 def _mask_stage(state: ExplorerState, mask_threshold: float) -> dict[str, Any]:
-    if state.object_id is None:
+    if state.object_id not in state.trace.objects:
         return {"mask_facts": _no_objects_sentence(state), "mask28": None, "mask_image": None}
     obj = state.trace.objects[state.object_id]
     if obj.mask_probabilities.size == 0:

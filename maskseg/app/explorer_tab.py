@@ -16,7 +16,6 @@ from maskseg.app.examples import ExampleSets
 from maskseg.app.model_menu import model_choices
 from maskseg.errors import MaskSegError
 
-TRACE_TTL_S = 3600  # a session's trace goes when the tab closes, or after an hour at most
 
 EXPLORER_CSS = """
 body.maskseg-lesson #explorer-controls {display: none}
@@ -100,7 +99,9 @@ def _stage_area() -> tuple[dict[str, Any], dict[str, gr.Column]]:
 
 def build_explorer_tab(config: AppConfig, default_model: str, class_names: list[str], examples: ExampleSets) -> ExplorerTab:
     """Lay out the explorer inside the caller's gr.Tab and wire its events."""
-    state = gr.State(None, time_to_live=TRACE_TTL_S)
+    # Only the session's key lives in gr.State: the trace itself is in run.TRACES, which drops it
+    # when the tab closes (launch's unload handler) and caps the bytes all sessions hold.
+    state = gr.State(None)
     with gr.Row():
         controls = _controls(config, default_model, class_names, examples)
         c, groups = _stage_area()
@@ -108,18 +109,23 @@ def build_explorer_tab(config: AppConfig, default_model: str, class_names: list[
     view_inputs = [state, c["stage"], c["level"], c["mode"], c["rpn_view"], c["mask_threshold"]]
     outputs = [*groups.values(), *[v for k, v in c.items() if k not in _INPUT_KEYS]]
 
-    def draw(st, stage, level, mode, rpn_view, mask_threshold):
+    def draw(key, stage, level, mode, rpn_view, mask_threshold):
+        st = run.TRACES.get(key) if isinstance(key, str) else key
         values = run.stage_outputs(st, stage, level, mode, rpn_view, mask_threshold)
         updates: dict[Any, Any] = {group: gr.Column(visible=name == stage) for name, group in groups.items()}
         updates.update({c[k]: v for k, v in values.items()})
         return updates
 
-    def trace(image, model, threshold, stage, level, mode, rpn_view, mask_threshold, progress=gr.Progress()):
+    def trace(image, model, threshold, stage, level, mode, rpn_view, mask_threshold, request: gr.Request,
+              progress=gr.Progress()):
         progress(0.1, desc="Running the network with every stage recorded…")
+        key = getattr(request, "session_hash", None) or "anonymous"
+        run.TRACES.drop(key)  # the old trace goes before the new one is made
         try:
             st = run.run_trace(config, image, model, threshold)
         except MaskSegError as exc:
             raise user_error(exc) from None
+        run.TRACES.put(key, st)
         updates = draw(st, stage, level, mode, rpn_view, mask_threshold)
         choices = run.object_choices(st)
         updates[c["object"]] = gr.Dropdown(choices=choices, value=st.object_id)
@@ -129,7 +135,7 @@ def build_explorer_tab(config: AppConfig, default_model: str, class_names: list[
         updates[c["status"]] = (f"Traced **{st.trace.model_title}** on {st.trace.runtime}: {shown} object"
                                 f"{'s' if shown != 1 else ''} at score ≥ {float(threshold):.2f}. Switch stages freely: "
                                 "nothing runs the network again until you press Trace.")
-        updates[state] = st
+        updates[state] = key
         return updates
 
     stage_inputs = [c["stage"], c["level"], c["mode"], c["rpn_view"], c["mask_threshold"]]
@@ -139,8 +145,12 @@ def build_explorer_tab(config: AppConfig, default_model: str, class_names: list[
         [state, *outputs, c["object"], c["level"]], api_visibility="private", concurrency_id=NETWORK,
         concurrency_limit=1,
     )
+    # Loading a model can take long (first download, OpenVINO compile): queued with the network runs.
     controls["model"].input(lambda m: run.example_updates(config, examples, m), [controls["model"]],
-                            controls["example_columns"], api_visibility="private", queue=False)
+                            controls["example_columns"], api_visibility="private", concurrency_id=NETWORK)
+    stale = "The photo, model or threshold changed: press **Trace** to look inside the network again."
+    for control in (controls["image"], controls["model"], controls["threshold"]):
+        control.input(lambda: stale, None, [controls["status"]], api_visibility="private", queue=False)
     for control in (c["stage"], c["level"], c["mode"], c["rpn_view"], c["mask_threshold"]):
         control.change(draw, view_inputs, outputs, api_visibility="private", show_progress="hidden",
                        trigger_mode="always_last", concurrency_id=RENDER, concurrency_limit=4)
@@ -156,23 +166,26 @@ _INPUT_KEYS = {"back", "next", "lesson", "stage", "level", "mode", "rpn_view", "
 def _wire_selection(state, c, view_inputs, outputs, draw) -> None:
     """Clicks on pictures: a point for the anchors, an object on the overlay; the object list."""
 
-    def pick_point(st, stage, level, mode, rpn_view, mask_threshold, evt: gr.SelectData):
+    def pick_point(key, stage, level, mode, rpn_view, mask_threshold, evt: gr.SelectData):
+        st = run.TRACES.get(key)
         if st is not None and evt.index is not None:
             st.point = (float(evt.index[0]), float(evt.index[1]))
-        return draw(st, stage, level, mode, "Anchors at a point", mask_threshold) | {c["rpn_view"]: "Anchors at a point"}
+        return draw(key, stage, level, mode, "Anchors at a point", mask_threshold) | {c["rpn_view"]: "Anchors at a point"}
 
-    def pick_object(st, stage, level, mode, rpn_view, mask_threshold, evt: gr.SelectData):
+    def pick_object(key, stage, level, mode, rpn_view, mask_threshold, evt: gr.SelectData):
+        st = run.TRACES.get(key)
         found = run.object_at(st, *evt.index) if st is not None and evt.index is not None else None
         if found is None:
             return {}
         st.object_id = found
         box_stage = text.STAGES[3]
-        return draw(st, box_stage, level, mode, rpn_view, mask_threshold) | {c["stage"]: box_stage, c["object"]: found}
+        return draw(key, box_stage, level, mode, rpn_view, mask_threshold) | {c["stage"]: box_stage, c["object"]: found}
 
-    def choose_object(st, object_id, stage, level, mode, rpn_view, mask_threshold):
+    def choose_object(key, object_id, stage, level, mode, rpn_view, mask_threshold):
+        st = run.TRACES.get(key)
         if st is not None and object_id is not None:
             st.object_id = int(object_id)
-        return draw(st, stage, level, mode, rpn_view, mask_threshold)
+        return draw(key, stage, level, mode, rpn_view, mask_threshold)
 
     every = [*outputs, c["rpn_view"], c["stage"], c["object"]]
     c["rpn_image"].select(pick_point, view_inputs, every, api_visibility="private", show_progress="hidden", concurrency_id=RENDER)
@@ -190,7 +203,7 @@ def _wire_navigation(c) -> None:
 
     c["back"].click(lambda s: step(s, -1), [c["stage"]], [c["stage"]], api_visibility="private", queue=False)
     c["next"].click(lambda s: step(s, +1), [c["stage"]], [c["stage"]], api_visibility="private", queue=False)
-    c["lesson"].change(None, [c["lesson"]], [c["lesson"]], js=LESSON_JS, api_visibility="private", queue=False)
+    c["lesson"].change(None, [c["lesson"]], None, js=LESSON_JS, api_visibility="private", queue=False)
 
 
 def _wire_api(config: AppConfig, controls: dict[str, Any]) -> None:

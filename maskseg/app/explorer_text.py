@@ -13,9 +13,10 @@ CAPTIONS = {
         "ImageNet's mean and spread, and the batch is padded with zeros to a multiple of 32 px."
     ),
     "Backbone + FPN": (
-        "A ResNet-50 turns the photo into grids of numbers that describe edges, textures and parts. "
-        "The Feature Pyramid Network mixes them into five levels, each half the size of the one before. "
-        "Each picture shows one level's 256 numbers per cell squeezed into three colours (their three "
+        "The backbone (a ResNet-50 in the COCO models, a small MobileNetV3 in the Shapes demo) turns the "
+        "photo into grids of numbers that describe edges, textures and parts. The Feature Pyramid Network "
+        "mixes them into five levels, each half the size of the one before. Each picture shows one level's "
+        "{channels} numbers per cell squeezed into three colours (their three "
         "strongest directions, PCA) or into brightness (energy): fine levels (P2) light up on small "
         "details, coarse ones (P5, P6) on whole large objects."
     ),
@@ -23,7 +24,7 @@ CAPTIONS = {
         "At every cell of every level the Region Proposal Network scores a few *anchors* (boxes of "
         "fixed sizes and shapes) for how likely they hold *something*, and nudges each to fit. Click "
         "the photo to see the anchors at that point. The best boxes of each level go through "
-        "non-maximum suppression (overlapping boxes: only the best stays), and about a thousand are kept."
+        "non-maximum suppression (overlapping boxes: only the best stays), and at most {kept:,} are kept."
     ),
     "RoIAlign + box head": (
         "Each proposal is cut out of the feature maps and resampled to a fixed 7×7 grid (RoIAlign: "
@@ -49,8 +50,12 @@ NO_TRACE = "Pick a photo (upload, webcam, clipboard or an example) and press **T
 
 def caption(stage: str, trace_facts: dict[str, Any] | None) -> str:
     """The plain-words caption of `stage`, filled in with this model's numbers."""
-    facts = (trace_facts or {}).get("input", {})
-    text = CAPTIONS[stage].format(min_size=facts.get("min_size", 800), max_size=facts.get("max_size", 1333))
+    facts = trace_facts or {}
+    inputs, levels = facts.get("input", {}), facts.get("backbone", {}).get("levels", [])
+    text = CAPTIONS[stage].format(
+        min_size=inputs.get("min_size", 800), max_size=inputs.get("max_size", 1333),
+        channels=levels[0]["shape"][0] if levels else 256, kept=facts.get("rpn", {}).get("post_nms_top_n", 1000),
+    )
     return f"### {STAGES.index(stage) + 1}. {stage}\n{text}"
 
 
@@ -58,13 +63,13 @@ def input_facts(summary: dict[str, Any]) -> str:
     """The Input stage's numbers: photo size, the resize rule's result, normalisation, batch shape."""
     s = summary["input"]
     (ph, pw), (nh, nw) = s["photo_size"], s["network_size"]
-    factor = nh / ph
+    scale = min(s["min_size"] / min(ph, pw), s["max_size"] / max(ph, pw))
     mean = ", ".join(f"{v:.3f}" for v in s["mean"])
     std = ", ".join(f"{v:.3f}" for v in s["std"])
     return (
         f"- Photo: **{pw} × {ph}** px\n"
         f"- Resize: scale = min({s['min_size']} / {min(ph, pw)}, {s['max_size']} / {max(ph, pw)}) = "
-        f"{factor:.4f} → network input **{nw} × {nh}** px (bilinear, sizes rounded down, as torchvision)\n"
+        f"{scale:.4f} → network input **{nw} × {nh}** px (each side × scale, rounded down; bilinear, as torchvision)\n"
         f"- Normalise: (pixel / 255 − mean) / std, mean = ({mean}), std = ({std})\n"
         f"- Padded batch: **{' × '.join(str(v) for v in s['padded_batch_shape'])}** (N × C × H × W)"
     )
@@ -72,15 +77,18 @@ def input_facts(summary: dict[str, Any]) -> str:
 
 def levels_table(summary: dict[str, Any]) -> str:
     """Every FPN level's stride and shape as a Markdown table."""
-    rows = ["| level | stride | features (C × H × W) | cells over the photo |", "| --- | ---: | --- | --- |"]
+    rows = ["| level | stride (down × across) | features (C × H × W) | cells over the photo (H × W) |",
+            "| --- | --- | --- | --- |"]
+    uneven = False
     for lv in summary["backbone"]["levels"]:
         c, h, w = lv["shape"]
-        rows.append(f"| {lv['name']} | {lv['stride']} | {c} × {h} × {w} | {lv['covers_photo'][1]} × {lv['covers_photo'][0]} |")
-    strides = [lv["stride"] for lv in summary["backbone"]["levels"]]
-    if any(s & (s - 1) for s in strides):  # not a power of two: say why, before a student asks
-        rows.append("\nStrides are the padded input's height ÷ the level's rows, as torchvision's anchor "
-                    "generator computes them; P6 (P5 pooled with stride 2) rounds its rows up, so its stride "
-                    "comes out a little under 64.")
+        down, across = lv["stride"]
+        uneven |= bool(down & (down - 1) or across & (across - 1))
+        rows.append(f"| {lv['name']} | {down} × {across} | {c} × {h} × {w} | {lv['covers_photo'][0]} × {lv['covers_photo'][1]} |")
+    if uneven:  # not a power of two: say why, before a student asks
+        rows.append("\nStrides are the padded input's size ÷ the level's cells, as torchvision's anchor "
+                    "generator computes them; P6 (P5 pooled with stride 2) rounds its cells up, so its stride "
+                    "can come out a little under 64.")
     return "\n".join(rows)
 
 

@@ -15,6 +15,7 @@ from maskseg.app.about_tab import about_markdown, build_about_tab  # noqa: E402
 from maskseg.app.batch_tab import build_batch_tab  # noqa: E402
 from maskseg.app.config import AppConfig  # noqa: E402
 from maskseg.app.examples import ExampleSets  # noqa: E402
+from maskseg.app.explorer_handlers import TRACES  # noqa: E402
 from maskseg.app.explorer_tab import EXPLORER_CSS, build_explorer_tab  # noqa: E402
 from maskseg.app.model_menu import make_segmenter, startup_model  # noqa: E402
 from maskseg.app.segment_tab import build_segment_tab  # noqa: E402
@@ -77,8 +78,10 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
 
 
 def _drop_session_files(request: gr.Request) -> None:
-    """A browser tab closed: its downloads go now rather than at the age limit."""
-    TEMP_FILES.drop_session(getattr(request, "session_hash", None))
+    """A browser tab closed: its downloads and its explorer trace go now rather than later."""
+    session = getattr(request, "session_hash", None)
+    TEMP_FILES.drop_session(session)
+    TRACES.drop(session)
 
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False,

@@ -93,10 +93,11 @@ def apply_backend(
         loaded.backend_note = f"OpenVINO backend unavailable ({exc}); running on torch."
         say(loaded.backend_note)
         return
+    from maskseg.engine.openvino_parts import openvino_status
     from maskseg.engine.trace_hooks import mac_rates
 
-    # The explorer's operation counts: OpenVINO's compiled parts hide their layers from hooks.
-    loaded.info["mac_rates"] = mac_rates(loaded.network)
+    if openvino_status() is None:  # the explorer's operation counts: compiled parts hide their layers
+        loaded.info["mac_rates"] = mac_rates(loaded.network)
     try:
         info = install_openvino(
             loaded.network, precision=precision, fingerprint=weights_fingerprint(loaded.network, loaded.source), log=say

@@ -26,7 +26,7 @@ def summary(trace: Trace) -> dict[str, Any]:
             "mean": list(trace.mean), "std": list(trace.std),
         },
         "backbone": {"levels": [
-            {"name": lv.name, "stride": lv.stride, "shape": list(lv.shape), "covers_photo": list(lv.valid)}
+            {"name": lv.name, "stride": list(lv.stride), "shape": list(lv.shape), "covers_photo": list(lv.valid)}
             for lv in trace.levels
         ]},
         "rpn": {

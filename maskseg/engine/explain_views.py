@@ -45,7 +45,8 @@ def _level_to_display(trace: Trace, level: LevelTrace, picture: np.ndarray) -> n
     h, w = display_size(trace)
     sx, sy = _display_scale(trace)
     rows, cols = level.valid
-    big = cv2.resize(picture, (max(int(round(cols * level.stride * sx)), w), max(int(round(rows * level.stride * sy)), h)),
+    down, across = level.stride
+    big = cv2.resize(picture, (max(int(round(cols * across * sx)), w), max(int(round(rows * down * sy)), h)),
                      interpolation=cv2.INTER_NEAREST)
     return np.ascontiguousarray(big[:h, :w])
 
@@ -82,9 +83,10 @@ def anchors_at(trace: Trace, x: float, y: float) -> list[tuple[str, np.ndarray]]
         if not len(level.anchors):
             continue
         # torchvision's grid: the cell at (row, col) shifts the level's base anchors by col·stride, row·stride.
-        col = min(int(nx // level.stride), level.valid[1] - 1)
-        row = min(int(ny // level.stride), level.valid[0] - 1)
-        shifted = level.anchors + np.array([col, row, col, row], np.float32) * level.stride
+        down, across = level.stride
+        col = min(int(nx // across), level.valid[1] - 1)
+        row = min(int(ny // down), level.valid[0] - 1)
+        shifted = level.anchors + np.array([col * across, row * down] * 2, np.float32)
         found.append((level.name, shifted * np.array([sx, sy, sx, sy], np.float32)))
     return found
 
@@ -164,11 +166,13 @@ def mask_view(trace: Trace, instance_id: int, mask_threshold: float) -> np.ndarr
     x0, y0 = max(x0 - pad, 0), max(y0 - pad, 0)
     x1, y1 = min(x1 + pad, photo.shape[1]), min(y1 + pad, photo.shape[0])
     window = photo[y0:y1, x0:x1].copy()
-    if crop.pixels.size:
-        full = np.zeros(photo.shape[:2], bool)
-        full[crop.y0 : crop.y1, crop.x0 : crop.x1] = crop.pixels
-        inside = full[y0:y1, x0:x1]
-        window[inside] = (0.45 * window[inside] + 0.55 * np.array(instance_color(instance_id))).astype(np.uint8)
+    # The mask crop's part inside the window, painted straight in (no photo-sized arrays per move).
+    top, left = max(crop.y0, y0), max(crop.x0, x0)
+    bottom, right = min(crop.y1, y1), min(crop.x1, x1)
+    if crop.pixels.size and bottom > top and right > left:
+        inside = crop.pixels[top - crop.y0 : bottom - crop.y0, left - crop.x0 : right - crop.x0]
+        region = window[top - y0 : bottom - y0, left - x0 : right - x0]
+        region[inside] = (0.45 * region[inside] + 0.55 * np.array(instance_color(instance_id))).astype(np.uint8)
     long_side = max(window.shape[:2])
     if long_side > 480:
         f = 480 / long_side
@@ -177,5 +181,10 @@ def mask_view(trace: Trace, instance_id: int, mask_threshold: float) -> np.ndarr
 
 
 def result_view(trace: Trace) -> np.ndarray:
-    """The final overlay, as the Segment tab draws it, at display size (clicks on it are read in display pixels)."""
-    return cv2.resize(render_overlay(trace.view, RenderOptions()), display_size(trace)[::-1], interpolation=cv2.INTER_AREA)
+    """The final overlay, as the Segment tab draws it, at display size (clicks on it are read in
+    display pixels); drawn once per trace."""
+    cached = getattr(trace, "_result", None)
+    if cached is None:
+        cached = cv2.resize(render_overlay(trace.view, RenderOptions()), display_size(trace)[::-1], interpolation=cv2.INTER_AREA)
+        trace._result = cached  # type: ignore[attr-defined]
+    return cached

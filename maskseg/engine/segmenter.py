@@ -133,7 +133,7 @@ class Segmenter:
         """Backbone, RPN and box head once for images of one network size; masks left on demand."""
         loaded = self.loaded
         net, device = loaded.network, loaded.device
-        autocast = _autocast(loaded)
+        autocast = autocast_for(loaded)
         # One lock per model: thresholds live on the shared module, so concurrent requests queue.
         with loaded.lock, torch.inference_mode(), autocast:
             started = time.perf_counter()
@@ -192,7 +192,7 @@ class Segmenter:
         )
 
 
-def _autocast(loaded: LoadedModel):
+def autocast_for(loaded: LoadedModel):
     """fp16 autocast on CUDA; bf16 autocast for torch on CPU when asked; otherwise plain fp32."""
     if loaded.device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)

@@ -14,7 +14,7 @@ from torchvision.ops import boxes as box_ops
 
 from maskseg.engine.models import count_stage_parameters
 from maskseg.engine.prediction import Prediction
-from maskseg.engine.segmenter import NOT_CLASSES, SCORE_FLOOR, Segmenter
+from maskseg.engine.segmenter import NOT_CLASSES, SCORE_FLOOR, Segmenter, autocast_for
 from maskseg.engine.trace_hooks import Recording, record
 from maskseg.engine.trace_steps import BoxFunnel, RpnFunnel, box_funnel, rpn_funnel
 
@@ -26,7 +26,7 @@ class LevelTrace:
     """One FPN level: its name, stride, feature shape, and two pictures of it at its own size."""
 
     name: str
-    stride: int
+    stride: tuple[int, int]  # (down, across) in network pixels, as torchvision's anchor generator computes it
     shape: tuple[int, int, int]  # C, H, W (padded batch)
     valid: tuple[int, int]  # rows, columns that cover the photo (the rest is padding)
     pca: np.ndarray  # valid H×W×3 uint8: first three principal components as RGB
@@ -87,6 +87,7 @@ class Trace:
             arrays += [level.pca, level.energy, level.objectness, level.anchors]
         for obj in self.objects.values():
             arrays += [obj.box_crop, obj.mask_crop, obj.mask_probabilities]
+        arrays += [a for a in (getattr(self, "_display_photo", None), getattr(self, "_result", None)) if a is not None]
         masks = sum(crop.pixels.nbytes for crop in self.view._store._crops.values())
         return sum(a.nbytes for a in arrays) + masks
 
@@ -95,22 +96,30 @@ def trace_photo(
     segmenter: Segmenter, image, score_threshold: float = 0.5, mask_threshold: float = 0.5,
     max_detections: int = 100,
 ) -> Trace:
-    """Run the Segmenter once with the network's modules watched; the trace of that run."""
+    """Run the Segmenter once with the network's modules watched; the trace of that run.
+
+    The run is the Segment tab's own (`app.session.run_network`): every candidate down to the
+    floor with masks for up to 100 of them in one batch, then the view at `score_threshold`, so the
+    objects and their mask pixels are the Segment tab's.
+    """
     loaded = segmenter.loaded
-    network = loaded.network
     with loaded.lock:  # hooks sit on the shared network: no other request may run meanwhile
         started = time.perf_counter()
-        with record(network) as rec:
-            view = segmenter.predict_one(
-                image, score_threshold=score_threshold, mask_threshold=mask_threshold,
-                max_detections=max_detections, keep_features=True,
+        with record(loaded.network, loaded.device) as rec:
+            base = segmenter.predict_one(
+                image, score_threshold=min(score_threshold, SCORE_FLOOR), mask_threshold=mask_threshold,
+                max_detections=100, keep_features=True,
             )
         network_done = time.perf_counter()
-        with torch.inference_mode():
+        view = base.filter(score_threshold=score_threshold, max_detections=max_detections)
+        for inst in view.instances:
+            view.mask_crop(inst)  # post-processing's last step: each 28×28 pasted into its box and cut
+        pasted = time.perf_counter()
+        with torch.inference_mode(), autocast_for(loaded):  # the replays must round as the run did
             trace = _condense(segmenter, view, rec, score_threshold)
-        view.mask_head.release()  # every shown object's mask is computed; the features can go
-        trace.seconds["input"] = rec.started["backbone"] - started  # read, resize, normalise, pad
-        trace.seconds["result"] = time.perf_counter() - network_done
+        base.mask_head.release()  # every shown object's mask is computed; the features can go
+    trace.seconds["input"] = rec.started["backbone"] - started  # read, resize, normalise, pad
+    trace.seconds["result"] = pasted - network_done
     return trace
 
 
@@ -141,7 +150,8 @@ def _condense(segmenter: Segmenter, view: Prediction, rec: Recording, threshold:
     if threshold < SCORE_FLOOR:
         trace.notes.append(f"Below the usual {SCORE_FLOOR} floor the network was run at this threshold itself; the view "
                            f"shows every candidate down to {threshold:.2f}.")
-    rec.features = rec.box_pooled = rec.anchors = None
+    rec.features = rec.box_pooled = None
+    boxes.class_probabilities = boxes.candidate_boxes = None  # per-object results are taken; the rest is large
     return trace
 
 
@@ -154,7 +164,7 @@ def _macs(loaded, rec: Recording, view: Prediction, boxes: BoxFunnel) -> dict[st
     if not rates:
         return None
     pixels = rec.input_shape[-2] * rec.input_shape[-1]
-    work = {"backbone": pixels, "rpn": pixels, "box_head": boxes.proposals.shape[0], "mask_head": len(view.instances)}
+    work = {"backbone": pixels, "rpn": pixels, "box_head": boxes.proposals.shape[0], "mask_head": rec.mask_rois}
     return {stage: int(rates[stage] * amount) for stage, amount in work.items()}
 
 
@@ -167,11 +177,11 @@ def _levels(network, rec: Recording, network_size: tuple[int, int]) -> list[Leve
     generator = network.rpn.anchor_generator
     cell_anchors = [a.float().cpu().numpy() for a in generator.cell_anchors]
     levels = []
-    padded_h = rec.input_shape[-2]
+    padded_h, padded_w = rec.input_shape[-2:]
     for index, (name, features) in enumerate(rec.features.items()):
         c, h, w = features.shape[1:]
-        stride = max(padded_h // h, 1)  # as torchvision's anchor generator computes it
-        rows, cols = min(math.ceil(network_size[0] / stride), h), min(math.ceil(network_size[1] / stride), w)
+        stride = (max(padded_h // h, 1), max(padded_w // w, 1))  # torchvision's rule, one per axis
+        rows, cols = min(math.ceil(network_size[0] / stride[0]), h), min(math.ceil(network_size[1] / stride[1]), w)
         level = features[0, :, :rows, :cols].float()
         objectness = torch.sigmoid(rec.objectness[index][0].float().amax(dim=0))[:rows, :cols]
         levels.append(LevelTrace(
@@ -195,7 +205,7 @@ def _pca_rgb(level: torch.Tensor) -> np.ndarray:
     covariance = centred @ centred.T / max(flat.shape[1], 1)
     _values, vectors = torch.linalg.eigh(covariance.double())
     components = vectors[:, -3:].flip(1).T.float() @ centred  # 3×HW, strongest first
-    return _to_uint8(components).reshape(3, h, w).permute(1, 2, 0).contiguous().numpy()
+    return _to_uint8(components).reshape(3, h, w).permute(1, 2, 0).contiguous().cpu().numpy()
 
 
 def _to_uint8(values: torch.Tensor) -> torch.Tensor:
@@ -220,16 +230,21 @@ def _objects(network, view: Prediction, rec: Recording, boxes: BoxFunnel, networ
     heads = network.roi_heads
     scale = torch.tensor([view.width / network_size[1], view.height / network_size[0]] * 2)
     rows = [boxes.proposal_of[inst.id - 1] for inst in view.instances]
-    network_boxes = torch.stack([boxes.candidate_boxes[inst.id - 1] for inst in view.instances]).float()
     mask_energy = None
     if getattr(heads, "mask_roi_pool", None) is not None:
-        pooled = heads.mask_roi_pool(rec.features, [network_boxes], [network_size])
-        mask_energy = pooled.float().pow(2).mean(dim=1).sqrt()
-    box_energy = rec.box_pooled[rows].float().pow(2).mean(dim=1).sqrt()
+        level = next(iter(rec.features.values()))
+        network_boxes = torch.stack([boxes.candidate_boxes[inst.id - 1] for inst in view.instances])
+        # The mask head's own RoIAlign on the same boxes and features (same device and dtype as the run).
+        pooled = heads.mask_roi_pool(rec.features, [network_boxes.to(level.device, level.dtype)], [network_size])
+        mask_energy = pooled.float().pow(2).mean(dim=1).sqrt().cpu()
+    box_energy = rec.box_pooled[rows].float().pow(2).mean(dim=1).sqrt().cpu()
+    # Top classes among background and the real ones (COCO's 'N/A' gaps are never shown).
+    real = _real_labels(class_names)
+    real[0] = True
     objects = {}
     for k, (inst, row) in enumerate(zip(view.instances, rows)):
-        probs = boxes.class_probabilities[row]
-        top = torch.topk(probs, min(5, probs.numel()))
+        probs = torch.where(real, boxes.class_probabilities[row], torch.tensor(-1.0))
+        top = torch.topk(probs, min(5, int(real.sum())))
         objects[inst.id] = ObjectTrace(
             instance_id=inst.id,
             proposal_box=tuple((boxes.proposals[row].float() * scale).tolist()),
@@ -237,7 +252,7 @@ def _objects(network, view: Prediction, rec: Recording, boxes: BoxFunnel, networ
             top_classes={_class_label(class_names, int(i)): float(p) for p, i in zip(top.values, top.indices)},
             box_crop=_normalised(box_energy[k]),
             mask_crop=_normalised(mask_energy[k]) if mask_energy is not None else np.zeros((0, 0), np.float32),
-            mask_probabilities=_mask_probabilities(view, inst),
+            mask_probabilities=_mask_probabilities(view, inst, heads),
         )
     return objects
 
@@ -250,9 +265,9 @@ def _normalised(values: torch.Tensor) -> np.ndarray:
     return (values / values.max().clamp_min(1e-6)).cpu().numpy().astype(np.float32)
 
 
-def _mask_probabilities(view: Prediction, inst) -> np.ndarray:
+def _mask_probabilities(view: Prediction, inst, heads) -> np.ndarray:
     if inst.mask_probabilities is not None:
         return inst.mask_probabilities.float().numpy()
-    if view.mask_head is None:
+    if view.mask_head is None or getattr(heads, "mask_roi_pool", None) is None:
         return np.zeros((0, 0), np.float32)
     return view.mask_head.probabilities(inst.id - 1).float().numpy()

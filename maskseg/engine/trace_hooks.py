@@ -21,7 +21,6 @@ class Recording:
     input_shape: tuple[int, ...] = ()  # the padded batch the backbone saw (N, C, H, W)
     features: dict[str, torch.Tensor] | None = None
     objectness: list[torch.Tensor] = field(default_factory=list)  # per level, N×A×H×W logits
-    anchors: torch.Tensor | None = None  # every anchor of the image, network frame
     filter_inputs: tuple | None = None  # RPN filter_proposals(proposals, objectness, sizes, per_level)
     proposals: torch.Tensor | None = None  # the RPN's output boxes
     box_pooled: torch.Tensor | None = None  # RoIAlign 7×7 features of every proposal
@@ -31,14 +30,22 @@ class Recording:
     ended: dict[str, float] = field(default_factory=dict)
     macs: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGE_NAMES, 0))
     counted_macs: bool = False  # torch layers ran (OpenVINO's compiled parts are opaque to hooks)
+    mask_rois: int = 0  # RoIs the mask head ran on
+    cuda: bool = False  # GPU work is asynchronous: synchronise before reading the clock
     _stage: str | None = None
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
 
     def enter(self, stage: str) -> None:
         self._stage = stage
-        self.started.setdefault(stage, time.perf_counter())
+        if stage not in self.started:
+            self.started[stage] = self._now()
 
     def leave(self, stage: str) -> None:
-        self.ended[stage] = time.perf_counter()
+        self.ended[stage] = self._now()
 
     def seconds(self, stage: str) -> float:
         if stage not in self.started or stage not in self.ended:
@@ -58,9 +65,9 @@ def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
 
 
 @contextmanager
-def record(network: nn.Module) -> Iterator[Recording]:
+def record(network: nn.Module, device: torch.device | None = None) -> Iterator[Recording]:
     """Watch `network` for one run; every hook and wrapper is removed on exit."""
-    rec = Recording()
+    rec = Recording(cuda=device is not None and device.type == "cuda")
     heads = network.roi_heads
     with ExitStack() as stack:
         def hook(module, pre=None, post=None):
@@ -72,12 +79,12 @@ def record(network: nn.Module) -> Iterator[Recording]:
         hook(network.backbone, lambda m, a: _enter_backbone(rec, a[0]), lambda m, a, out: _keep_features(rec, out))
         hook(network.rpn, lambda m, a: rec.enter("rpn"), lambda m, a, out: _keep_proposals(rec, out))
         hook(network.rpn.head, post=lambda m, a, out: setattr(rec, "objectness", [o.detach() for o in out[0]]))
-        hook(network.rpn.anchor_generator, post=lambda m, a, out: setattr(rec, "anchors", out[0].detach()))
         hook(heads.box_roi_pool, lambda m, a: rec.enter("box_head"))
         # The box head's input, not RoIAlign's output: RoIAlign may run in chunks on several threads.
         hook(heads.box_head, lambda m, a: setattr(rec, "box_pooled", a[0].detach()))
         if getattr(heads, "mask_roi_pool", None) is not None:
             hook(heads.mask_roi_pool, lambda m, a: rec.enter("mask_head"))
+            hook(heads.mask_head, lambda m, a: setattr(rec, "mask_rois", rec.mask_rois + a[0].shape[0]))
             for module in (heads.mask_head, heads.mask_predictor):
                 hook(module, post=lambda m, a, out: rec.leave("mask_head"))
         stack.enter_context(_wrap(network.rpn, "filter_proposals", lambda args, out: setattr(rec, "filter_inputs", args)))
@@ -118,6 +125,7 @@ def _count(rec: Recording, module: nn.Module, output: torch.Tensor) -> None:
 def _wrap(owner: Any, name: str, seen) -> Iterator[None]:
     """Call `seen(args, result)` after each call of `owner.name` (the module's own method runs)."""
     original = getattr(owner, name)
+    had_own = name in vars(owner)  # an instance attribute to put back, not just the class's method
 
     def watched(*args):
         result = original(*args)
@@ -128,7 +136,10 @@ def _wrap(owner: Any, name: str, seen) -> Iterator[None]:
     try:
         yield
     finally:
-        delattr(owner, name)  # the instance attribute goes; the class's method shows through again
+        if had_own:
+            setattr(owner, name, original)
+        else:
+            delattr(owner, name)  # the class's method shows through again
 
 
 def mac_rates(network: nn.Module, side: int = 256) -> dict[str, float]:

@@ -16,6 +16,8 @@ from torchvision.ops import boxes as box_ops
 
 from maskseg.engine.trace_hooks import Recording
 
+DRAWN = 300  # boxes entering NMS kept for drawing, best first
+
 
 @dataclass
 class RpnFunnel:
@@ -30,7 +32,7 @@ class RpnFunnel:
     pre_nms_top_n: int
     post_nms_top_n: int
     nms_threshold: float
-    before_nms: torch.Tensor  # boxes entering NMS, best first, network frame (CPU float)
+    before_nms: torch.Tensor  # the best DRAWN boxes entering NMS, network frame (CPU float)
     matches_module: bool  # the replay ended with the module's own proposals
 
 
@@ -76,7 +78,7 @@ def rpn_funnel(rpn, rec: Recording) -> RpnFunnel:
         anchors=int(sum(per_level)), top_k=int(top.shape[1]), not_small=not_small, above_floor=above,
         after_nms=int(kept.numel()), kept=int(final.numel()), pre_nms_top_n=int(rpn.pre_nms_top_n()),
         post_nms_top_n=int(rpn.post_nms_top_n()), nms_threshold=float(rpn.nms_thresh),
-        before_nms=boxes[order].float().cpu(),
+        before_nms=boxes[order[:DRAWN]].float().cpu(),
         matches_module=bool(torch.equal(boxes[final], rec.proposals)),
     )
 
@@ -103,11 +105,20 @@ def box_funnel(heads, rec: Recording, real_labels: torch.Tensor) -> BoxFunnel:
     kept = kept[: heads.detections_per_img]
     matches = bool(torch.equal(flat_boxes[kept], out_boxes) and torch.equal(flat_scores[kept], out_scores))
     real = real_labels.to(out_labels.device)[out_labels]
-    kept_real = kept[real.to(kept.device)]
     return BoxFunnel(
         proposals=proposals[0].float().cpu(), class_probabilities=probabilities.float().cpu(),
         pairs=int(flat_scores.numel()), above_floor=above, not_empty=not_empty, after_nms=after_nms,
-        candidates=int(kept.numel()), real=int(kept_real.numel()), nms_threshold=float(heads.nms_thresh),
-        score_floor=float(heads.score_thresh), candidate_boxes=flat_boxes[kept_real].float().cpu(),
-        proposal_of=(kept_real // (num_classes - 1)).tolist(), matches_module=matches,
+        candidates=int(kept.numel()), real=int(real.sum()), nms_threshold=float(heads.nms_thresh),
+        score_floor=float(heads.score_thresh), candidate_boxes=out_boxes[real].float().cpu(),
+        proposal_of=_source_proposals(boxes, out_boxes[real], out_labels[real]), matches_module=matches,
     )
+
+
+def _source_proposals(decoded: torch.Tensor, out_boxes: torch.Tensor, out_labels: torch.Tensor) -> list[int]:
+    """For each output candidate, the proposal whose decoded box for the candidate's class is the
+    candidate's box (distance 0 when the replay rounds as the run did; the nearest otherwise)."""
+    if out_boxes.numel() == 0:
+        return []
+    per_class = decoded[:, out_labels].permute(1, 0, 2)  # K×P×4: every proposal's box for each candidate's class
+    distance = (per_class.float() - out_boxes.float()[:, None]).abs().sum(dim=2)
+    return distance.argmin(dim=1).tolist()
