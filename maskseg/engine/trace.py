@@ -202,9 +202,11 @@ def _pca_rgb(level: torch.Tensor) -> np.ndarray:
     c, h, w = level.shape
     flat = level.reshape(c, -1)
     centred = flat - flat.mean(dim=1, keepdim=True)
-    covariance = centred @ centred.T / max(flat.shape[1], 1)
-    _values, vectors = torch.linalg.eigh(covariance.double())
-    components = vectors[:, -3:].flip(1).T.float() @ centred  # 3×HW, strongest first
+    # The directions come from at most 16k cells (a picture needs no more), the projection uses them all.
+    sample = centred[:, :: max(centred.shape[1] // 16384, 1)]
+    covariance = sample @ sample.T / max(sample.shape[1], 1)
+    _values, vectors = torch.linalg.eigh(covariance.float().cpu())  # float32 is plenty for a picture
+    components = vectors[:, -3:].flip(1).T.to(centred.device) @ centred  # 3×HW, strongest first
     return _to_uint8(components).reshape(3, h, w).permute(1, 2, 0).contiguous().cpu().numpy()
 
 
