@@ -68,6 +68,20 @@ def _wait_for_new_overlay(page, old_src: str, timeout: float = 60_000) -> None:
     )
 
 
+def _wait_until_settled(page, quiet_s: float = 1.5, timeout_s: float = 180) -> None:
+    """Wait until the status says 'Objects:' and neither it nor the overlay changed for `quiet_s`."""
+    deadline = time.monotonic() + timeout_s
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        now = (_status(page), _overlay_src(page))
+        if now != last:
+            last, since = now, time.monotonic()
+        elif "Objects:" in now[0] and time.monotonic() - since >= quiet_s:
+            return
+        page.wait_for_timeout(200)
+    raise AssertionError(f"the page never settled; status: {last[0]!r}")
+
+
 def _cell(page, row: int, column: int) -> str:
     return page.locator(f'#objects [data-testid="cell-{row}-{column}"]').inner_text().strip()
 
@@ -292,13 +306,19 @@ def test_temp_files_stay_under_their_bound(browser_page, app_server, small_image
     while NETWORK_RUNS.count == runs_before and time.monotonic() < deadline:
         page.wait_for_timeout(200)
     assert NETWORK_RUNS.count == runs_before + 1
-    page.wait_for_function("() => document.querySelector('#status textarea').value.includes('Objects:')")
+    _wait_until_settled(page)  # the run's outputs land before the moves: a move must not race them
     opacity = "#opacity input[data-testid=number-input]"
     if not page.locator(opacity).is_visible():
         page.click("#advanced button, #advanced .label-wrap")
+        page.wait_for_selector(opacity, state="visible")
     for move in range(50):
         before = _overlay_src(page)
-        page.fill(opacity, "0.30" if move % 2 == 0 else "0.70")  # every move draws a different overlay
-        page.press(opacity, "Enter")
-        _wait_for_new_overlay(page, before)
+        for attempt in range(3):  # a move typed while the accordion still animates can be lost: type it again
+            page.fill(opacity, "0.30" if move % 2 == 0 else "0.70")  # every move draws a different overlay
+            page.press(opacity, "Enter")
+            try:
+                _wait_for_new_overlay(page, before, timeout=20_000)
+                break
+            except Exception:
+                assert attempt < 2, f"slider move {move + 1}: no new overlay after 3 tries; status: {_status(page)!r}"
         assert _folder_bytes(folders) <= bound, f"after slider move {move + 1}"
