@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -34,7 +34,6 @@ class ExplorerState:
     facts: dict[str, Any]
     point: tuple[float, float] | None = None  # display pixels of the last click on the proposals view
     object_id: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class TraceStore:

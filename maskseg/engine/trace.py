@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torchvision.ops import boxes as box_ops
 
 from maskseg.engine.models import count_stage_parameters
 from maskseg.engine.prediction import Prediction
@@ -74,11 +73,6 @@ class Trace:
     score_threshold: float
     runtime_is_compiled: bool = False  # OpenVINO ran the layers: multiply-adds are estimates
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def scale(self) -> tuple[float, float]:
-        """Photo pixels per network pixel (y, x)."""
-        return self.photo_size[0] / self.network_size[0], self.photo_size[1] / self.network_size[1]
 
     def nbytes(self) -> int:
         """Bytes this trace holds (photo, mask crops, pictures), for its stated memory bound."""
