@@ -131,3 +131,19 @@ def test_a_failed_conversion_raises_one_line_and_leaves_torch_in_place(monkeypat
     assert "aten::frobnicate" in message and "\n" not in message
     assert network.backbone is backbone  # nothing half-swapped: the caller runs on torch
     assert openvino_status() is None
+
+
+def test_cache_keeps_the_newest_compiled_blobs_and_models(tmp_path) -> None:
+    """Retrained checkpoints must not pile up in the cache: only the newest 32 of each kind stay."""
+    import os
+
+    from maskseg.engine.openvino_parts import _prune
+
+    blobs = tmp_path / "compiled"
+    blobs.mkdir()
+    for index in range(40):
+        blob = blobs / f"{index:02d}.blob"
+        blob.write_bytes(b"x")
+        os.utime(blob, (1_000_000 + index, 1_000_000 + index))
+    _prune(blobs, "*.blob", lambda blob: (blob,))
+    assert sorted(p.name for p in blobs.iterdir()) == [f"{i:02d}.blob" for i in range(8, 40)]

@@ -211,16 +211,17 @@ def _compile_parts(network, precision, cache_dir, fingerprint) -> tuple[dict[str
             _convert(ov, part, path)
         compiled[part.name] = _Compiled(core.compile_model(str(path), "CPU", config))
     if not cached:
-        _prune(cache_dir / "models")
+        _prune(cache_dir / "models", "*.xml", lambda xml: (xml, xml.with_suffix(".bin")))
+        _prune(cache_dir / "compiled", "*.blob", lambda blob: (blob,))
     return compiled, cached
 
 
-def _prune(folder: Path, keep: int = 8 * 4) -> None:
-    """Keep the converted models of the last few weights (four parts each): retrained checkpoints
-    would otherwise pile up in the cache."""
-    models = sorted(folder.glob("*.xml"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in models[keep:]:
-        for file in (old, old.with_suffix(".bin")):
+def _prune(folder: Path, pattern: str, files, keep: int = 8 * 4) -> None:
+    """Keep the newest few entries (four parts for each of the last eight weights and precisions):
+    retrained checkpoints would otherwise pile up converted models and compiled blobs."""
+    entries = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[keep:]:
+        for file in files(old):
             file.unlink(missing_ok=True)
 
 
