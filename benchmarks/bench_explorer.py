@@ -13,7 +13,6 @@ import io
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_engine import _random_weights_home, photo_of_size, threshold_keeping  # noqa: E402
+from bench_engine import median_time as median  # noqa: E402
 
 SWITCHES = [  # (what the student does, stage, level, mode, rpn view)
     ("stage → Input", "Input", "P2", "Principal components (RGB)", "Anchors at a point"),
@@ -47,15 +47,6 @@ def encoded(values: dict) -> int:
             Image.fromarray(value).save(buffer, format="webp")
             total += buffer.tell()
     return total
-
-
-def median(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def run_section(segmenter, image: np.ndarray, threshold: float, repeats: int) -> list[str]:

@@ -5,19 +5,16 @@ Result overlay to follow it into the box head."""
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import REPO_ROOT, require_or_skip
+from conftest import REPO_ROOT
+from test_browser import CHROMIUM, CHROMIUM_ARGS, playwright  # noqa: F401  (the shared Playwright driver fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run"]
 VIEWPORT = {"width": 1280, "height": 800}
 PHOTO = REPO_ROOT / "assets" / "examples" / "kitchen.jpg"  # a real photo at its own size, for the screenshots
 DOCS = REPO_ROOT / "docs"
@@ -34,18 +31,6 @@ STAGES = [
     ("Result", "stage-result", "explorer-result", "result"),
 ]
 EXTRA_PICTURES = {"RoIAlign + box head": ["explorer-crop7", "explorer-crop14"], "Mask head": ["explorer-mask28"]}
-
-
-@pytest.fixture(scope="module")
-def playwright():
-    chromium = shutil.which(CHROMIUM) or (CHROMIUM if Path(CHROMIUM).is_file() else None)
-    require_or_skip(chromium is not None, f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:  # pragma: no cover - requirements-dev.txt installs it
-        require_or_skip(False, "playwright is not installed (pip install playwright)")
-    with sync_playwright() as driver:
-        yield driver
 
 
 @pytest.fixture(scope="module")
