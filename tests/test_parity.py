@@ -241,15 +241,9 @@ def recording_network_input(network: torch.nn.Module):
 def zoo_home(random_weights_home, tmp_path_factory):
     """Random v1 and v2 COCO weights in TORCH_HOME, and a private OpenVINO cache."""
     write_random_zoo_weights(random_weights_home, "maskrcnn_resnet50_fpn_v2", seed=0)
-    old = os.environ.get("MASKSEG_CACHE_DIR")
-    os.environ["MASKSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("openvino_cache"))
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # restored after the module, whatever happens
+        patch.setenv("MASKSEG_CACHE_DIR", str(tmp_path_factory.mktemp("openvino_cache")))
         yield random_weights_home
-    finally:
-        if old is None:
-            os.environ.pop("MASKSEG_CACHE_DIR", None)
-        else:
-            os.environ["MASKSEG_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="module")
