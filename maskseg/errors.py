@@ -9,6 +9,10 @@ class ImageLoadError(MaskSegError):
     """An input could not be read as an image."""
 
 
+class VideoLoadError(MaskSegError):
+    """An input could not be read as a video (not a video, no frames, undecodable, too large or long)."""
+
+
 class WeightsMissingError(MaskSegError):
     """Model weights are not on this machine and could not be downloaded."""
 
