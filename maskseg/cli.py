@@ -1,4 +1,4 @@
-"""Command line: `python -m maskseg predict|models|synth|train|eval ...`."""
+"""Command line: `python -m maskseg predict|video|models|synth|train|eval ...`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Sequence
 from maskseg.errors import MaskSegError, UsageError
 from maskseg.engine.backend import add_backend_arguments
 from maskseg.engine.images import DEFAULT_MAX_PIXELS, LoadedImage
-from maskseg.engine.sources import Source, expand_sources, read_sources
+from maskseg.engine.sources import Source, expand_listings, expand_sources, read_sources
 
 # Modules that add their own subcommand through add_cli(subparsers).
 PLUGIN_COMMANDS = ("maskseg.training.synth", "maskseg.training.train", "maskseg.training.evaluate")
@@ -53,6 +53,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_backend_arguments(parser)
 
 
+def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    """--engine and the Ray engine's flags (maskseg.scale; Ray from requirements-scale.txt)."""
+    group = parser.add_argument_group("scale-out (--engine ray)")
+    group.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: this process (default); ray: a Ray Data actor pool, each actor with its own model")
+    group.add_argument("--address", help="join the Ray cluster at this address (default: start a local Ray)")
+    group.add_argument("--actors", type=positive_int, help="actors, one model each (default 1)")
+    group.add_argument("--gpus-per-actor", type=float, help="GPUs each actor reserves (e.g. 1, or 0.5 to share one)")
+    group.add_argument("--cpus-per-actor", type=float,
+                       help="CPUs each actor reserves (default: the local machine's cores shared out; 1 on a cluster)")
+    group.add_argument("--format", choices=("bundles", "coco"), default="bundles", dest="output_format",
+                       help="bundles: a folder per image (default); coco: one merged coco.json and objects.parquet")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, including subcommands contributed by other modules."""
     parser = argparse.ArgumentParser(prog="python -m maskseg", description="Mask R-CNN instance segmentation.")
@@ -77,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--opacity", type=fraction, default=0.5, help="mask fill opacity in the overlay")
     for layer in ("masks", "contours", "boxes", "labels"):
         predict.add_argument(f"--no-{layer}", action="store_true", help=f"do not draw {layer} on the overlay")
+    add_scale_arguments(predict)
     predict.set_defaults(handler=run_predict)
+
+    add_video_command(subparsers)
 
     models = subparsers.add_parser("models", help="list models, their COCO accuracy and whether weights are here")
     models.set_defaults(handler=run_models)
@@ -95,10 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def expand_inputs(inputs: Sequence[Path]) -> tuple[list[Source], list[tuple[str, str]]]:
-    """Files named directly, zips as their members, image files inside named folders (sorted); and the misses."""
+    """Files named directly, zips as their members, image files inside named folders (sorted), glob
+    patterns and .txt/.csv manifests as the files they name; and the misses."""
+    paths, unlisted = expand_listings(inputs)
     # No member cap: the command line streams one image at a time, so a big zip costs no memory.
-    sources, refused = expand_sources(inputs, walk_folders=True, max_members=None)
-    return sources, [(source.full_name, reason) for source, reason in refused]
+    sources, refused = expand_sources(paths, walk_folders=True, max_members=None)
+    return sources, [(source.full_name, reason) for source, reason in [*unlisted, *refused]]
 
 
 def image_batches(
@@ -115,9 +134,41 @@ def image_batches(
             yield batch
 
 
+def run_predict_ray(args: argparse.Namespace) -> int:
+    """`predict --engine ray`: the same inputs and settings, run by maskseg.scale on Ray."""
+    from maskseg.scale.plan import JobSettings
+    from maskseg.scale.ray_job import RayOptions, import_ray, run_ray_predict
+
+    import_ray()  # without Ray, say how to install it before listing any input
+    sources, refused = expand_inputs(args.inputs)
+    if not sources and not refused:
+        print("error: no images to segment.", file=sys.stderr)
+        return 1
+    settings = JobSettings(
+        out=str(args.out), model=args.model, checkpoint=str(args.checkpoint) if args.checkpoint else None,
+        device=args.device, backend=args.backend, precision=args.precision, max_pixels=args.max_pixels,
+        score_threshold=args.threshold, mask_threshold=args.mask_threshold,
+        classes=tuple(c.strip() for c in args.classes.split(",") if c.strip()), max_detections=args.max_detections,
+        batch_size=args.batch_size, opacity=args.opacity,
+        layers=(not args.no_masks, not args.no_contours, not args.no_boxes, not args.no_labels),
+        output_format=args.output_format,
+    )
+    options = RayOptions(address=args.address, actors=args.actors or 1,
+                         gpus_per_actor=args.gpus_per_actor or 0.0, cpus_per_actor=args.cpus_per_actor)
+    return run_ray_predict(sources, refused, settings, options)
+
+
 def run_predict(args: argparse.Namespace) -> int:
     """Segment every input, write bundles, name each failure; exit 1 if any input failed."""
     from tqdm import tqdm
+
+    if args.engine == "ray":
+        return run_predict_ray(args)
+    ray_only = [flag for flag, value in (("--address", args.address), ("--actors", args.actors),
+                ("--gpus-per-actor", args.gpus_per_actor), ("--cpus-per-actor", args.cpus_per_actor),
+                ("--format coco", args.output_format == "coco")) if value]
+    if ray_only:
+        raise UsageError(f"{', '.join(ray_only)} only apply with --engine ray.")
 
     from maskseg.engine.export import FolderNamer, write_bundle
     from maskseg.engine.render import RenderOptions
@@ -172,6 +223,74 @@ def run_predict(args: argparse.Namespace) -> int:
             print(f"  {name}: {reason}", file=sys.stderr)
         return 1
     return 0
+
+
+def add_video_command(subparsers: argparse._SubParsersAction) -> None:
+    """`video IN... --out DIR`: an overlay MP4, COCO JSON and CSV per clip."""
+    from maskseg.engine.video import DEFAULT_VIDEO_MAX_PIXELS
+
+    video = subparsers.add_parser(
+        "video", help="segment and track objects in video clips",
+        description="Segment every frame (or every Nth) of each clip and write DIR/<clip>_maskseg.mp4 (H.264 "
+        "overlay, one colour per tracked object, the clip's audio), <clip>_objects.json (COCO, one image per "
+        "frame, track_id per object) and <clip>_objects.csv (frame, time, then the predict columns).",
+    )
+    video.add_argument("inputs", nargs="+", type=Path, metavar="CLIP_OR_DIR")
+    video.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the outputs")
+    add_model_arguments(video)
+    video.add_argument("--threshold", type=fraction, default=0.5, help="score threshold (default 0.5)")
+    video.add_argument("--mask-threshold", type=fraction, default=0.5, help="mask probability cut (default 0.5)")
+    video.add_argument("--classes", default="", help="comma-separated class names to keep, e.g. person,car")
+    video.add_argument("--max-detections", type=positive_int, default=100, help="most objects per frame")
+    video.add_argument("--stride", type=positive_int, default=1, help="segment every Nth frame (default 1: all)")
+    video.add_argument("--max-seconds", type=float, default=None, help="segment only the first S seconds")
+    video.add_argument("--max-pixels", type=positive_int, default=DEFAULT_VIDEO_MAX_PIXELS,
+                       help="refuse clips with larger frames (default 3840×2160)")
+    video.add_argument("--opacity", type=fraction, default=0.5, help="mask fill opacity in the overlay")
+    for layer in ("masks", "contours", "boxes", "labels"):
+        video.add_argument(f"--no-{layer}", action="store_true", help=f"do not draw {layer} on the overlay")
+    video.set_defaults(handler=run_video)
+
+
+def run_video(args: argparse.Namespace) -> int:
+    """Segment each clip with a progress bar; a bad clip is named with its reason; exit 1 if any failed."""
+    from tqdm import tqdm
+
+    from maskseg.engine.render import RenderOptions
+    from maskseg.engine.segmenter import Segmenter
+    from maskseg.engine.video import VideoSettings, segment_video, video_inputs
+
+    clips = video_inputs(args.inputs)
+    if not clips:
+        print("error: no video clips to segment.", file=sys.stderr)
+        return 1
+    segmenter = Segmenter(model=args.model, checkpoint=args.checkpoint, device=args.device,
+                          backend=args.backend, precision=args.precision)
+    settings = VideoSettings(
+        score_threshold=args.threshold, mask_threshold=args.mask_threshold,
+        classes=tuple(c.strip() for c in args.classes.split(",") if c.strip()), max_detections=args.max_detections,
+        render=RenderOptions(opacity=args.opacity, masks=not args.no_masks, contours=not args.no_contours,
+                             boxes=not args.no_boxes, labels=not args.no_labels),
+        frame_stride=args.stride, max_seconds=args.max_seconds, max_pixels=args.max_pixels,
+    )
+    failures = []
+    for clip in clips:
+        with tqdm(unit="frame", desc=clip.name, file=sys.stderr) as bar:
+            def report(progress) -> None:
+                bar.total = progress.total
+                bar.update(progress.done - bar.n)
+            try:
+                result = segment_video(segmenter, clip, args.out, settings, progress=report)
+            except MaskSegError as exc:
+                if isinstance(exc, UsageError):
+                    raise
+                failures.append((clip.name, str(exc)))
+                continue
+        print(result.summary())
+        print(f"  {result.video_path}\n  {result.json_path}\n  {result.csv_path}")
+    for name, reason in failures:
+        print(f"failed {name}: {reason}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def run_models(_args: argparse.Namespace) -> int:

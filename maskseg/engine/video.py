@@ -235,16 +235,22 @@ class _VideoRun:
             if progress is not None:
                 progress(VideoProgress(result.frames_done, result.frames_planned, result.seconds))
         result.skipped = counts.skipped
-        if counts.ended_early and not result.cancelled:
-            result.note = f"The file could not be read past frame {index + 1} ({counts.ended_early}); the frames before it are kept."
-        self._limit_note(at if index >= 0 else 0.0)
         result.seconds = time.perf_counter() - started
+        if not result.cancelled:
+            result.note = self._shortfall(index + 1, counts.ended_early)
 
-    def _limit_note(self, last_time: float) -> None:
-        limit = self.settings.max_seconds
-        duration = self.clip.duration
-        if limit is not None and duration is not None and duration > limit and not self.result.cancelled:
-            self.result.note = f"Only the first {describe_seconds(limit)} of {describe_seconds(duration)} were segmented (maximum duration)."
+    def _shortfall(self, frames_read: int, ended_early: str | None) -> str | None:
+        """Why fewer frames than the clip has were segmented (besides a cancel), if they were."""
+        limit, duration = self.settings.max_seconds, self.clip.duration
+        if ended_early:
+            return f"The file could not be read past frame {frames_read} ({ended_early}); the frames before it are kept."
+        planned = self.result.frames_planned
+        if planned and self.result.frames_done + self.result.skipped < planned * 0.98 - 1:
+            return (f"The file ended after frame {frames_read} of the {self.clip.expected_frames} it announces "
+                    "(it may be cut short); the frames before are kept.")
+        if limit is not None and duration is not None and duration > limit:
+            return f"Only the first {describe_seconds(limit)} of {describe_seconds(duration)} were segmented (maximum duration)."
+        return None
 
     def _seconds(self, frame) -> float:
         """The frame's time from the start of the clip."""
