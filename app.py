@@ -3,7 +3,7 @@
 Every flag can also come from the environment, which is how Spaces passes settings:
 MASKSEG_HOST, MASKSEG_PORT (or PORT / GRADIO_SERVER_PORT), MASKSEG_MODEL, MASKSEG_CHECKPOINT,
 MASKSEG_DEVICE, MASKSEG_SHARE, MASKSEG_MAX_PIXELS, MASKSEG_QUEUE_SIZE, MASKSEG_CHECKPOINTS_DIR,
-MASKSEG_TRAIN, MASKSEG_MAX_TRAIN_MINUTES.
+MASKSEG_TRAIN, MASKSEG_MAX_TRAIN_MINUTES, MASKSEG_VIDEO_MAX_SECONDS.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="show the Train tab and its API (default: on, off on Hugging Face Spaces)")
     parser.add_argument("--max-train-minutes", type=float, default=float(_env("MASKSEG_MAX_TRAIN_MINUTES", default="30")),
                         help="the longest training run the Train tab allows")
+    parser.add_argument("--video-max-seconds", type=float, default=float(_env("MASKSEG_VIDEO_MAX_SECONDS", default="600")),
+                        help="the longest stretch of video the Video tab and /video segment (longer clips get a sentence)")
     return parser.parse_args(argv)
 
 
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         queue_size=args.queue_size,
         train_enabled=args.train == "on",
         max_train_minutes=args.max_train_minutes,
+        video_max_seconds=args.video_max_seconds,
     )
     try:
         demo = build_app(config)

@@ -27,6 +27,7 @@ class AppConfig:
     examples_dir: Path = EXAMPLES_DIR
     train_enabled: bool = True  # the Train tab and its API (`--train off` hides both)
     max_train_minutes: float = 30.0  # the longest run the Train tab allows
+    video_max_seconds: float = 600.0  # the longest stretch of video the Video tab segments
 
 def env_flag(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)

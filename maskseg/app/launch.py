@@ -21,6 +21,7 @@ from maskseg.app.model_menu import make_segmenter, startup_model  # noqa: E402
 from maskseg.app.segment_tab import build_segment_tab  # noqa: E402
 from maskseg.app.tempfiles import TEMP_FILES  # noqa: E402
 
+from maskseg.app.video_tab import build_video_tab  # noqa: E402
 CSS = """
 #status textarea {font-weight: 600}
 .maskseg-legend {line-height: 1.9}
@@ -55,6 +56,8 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             if config.train_enabled:
                 with gr.Tab("Train", id="train"):
                     from maskseg.app.train_tab import build_train_tab
+            with gr.Tab("Video", id="video") as video_tab:
+                video_model = build_video_tab(config, startup.model, class_names)
 
                     build_train_tab(config)
             with gr.Tab("About", id="about"):
@@ -71,6 +74,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
         demo.unload(_drop_session_files)
     # What Gradio keeps cached for good (example thumbnails, default values) must outlive pruning.
     TEMP_FILES.protect(lambda: {p for block in demo.blocks.values() for p in getattr(block, "keep_in_cache", ())})
+        video_tab.select(refresh, [video_model], [video_model], api_visibility="private", queue=False)
     demo.maskseg_config = config  # type: ignore[attr-defined]
     demo.maskseg_default_model = startup.model  # type: ignore[attr-defined]
     demo.maskseg_notice = startup.operator_notice  # type: ignore[attr-defined]
