@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import glob
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -75,6 +77,52 @@ def expand_sources(
         else:
             sources.append(Source(path))  # load_image names whatever is wrong with it
     return sources, refused
+
+
+MANIFEST_SUFFIXES = (".txt", ".csv")
+# The column of a CSV manifest that names the image, in order of preference (else the first column).
+MANIFEST_COLUMNS = ("path", "file", "file_name", "filename", "image", "image_path")
+
+
+def expand_listings(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[Source, str]]]:
+    """Command-line inputs with globs and manifests opened: a pattern ("photos/**/*.jpg", quoted so
+    the shell leaves it alone) becomes its sorted matches, a .txt or .csv manifest the paths it lists
+    (relative to the manifest's folder); anything else passes through. Also (input, reason) misses."""
+    paths: list[Path] = []
+    refused: list[tuple[Source, str]] = []
+    for raw in inputs:
+        text = str(raw)
+        path = Path(text)
+        if not path.exists() and glob.has_magic(text):
+            found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not found:
+                refused.append((Source(path), "no files match this pattern"))
+            paths.extend(found)
+        elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
+            paths.extend(_manifest_paths(path, refused))
+        else:
+            paths.append(path)
+    return paths, refused
+
+
+def _manifest_paths(manifest: Path, refused: list[tuple[Source, str]]) -> list[Path]:
+    """The paths a manifest lists: one per line (.txt, '#' comments), or a CSV column with a header."""
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        refused.append((Source(manifest), f"{manifest.name} is not a readable text manifest ({exc})."))
+        return []
+    if manifest.suffix.lower() == ".csv":
+        rows = list(csv.reader(text.splitlines()))
+        header = [cell.strip().lower() for cell in rows[0]] if rows else []
+        column = next((header.index(name) for name in MANIFEST_COLUMNS if name in header), 0)
+        names = [row[column] for row in rows[1:] if len(row) > column]
+    else:
+        names = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    names = [name.strip() for name in names if name.strip()]
+    if not names:
+        refused.append((Source(manifest), f"{manifest.name} lists no image paths."))
+    return [manifest.parent / name for name in names]  # an absolute name stays absolute
 
 
 def _expand_zip(path: Path, max_members: int | None, sources: list, refused: list) -> None:
