@@ -122,16 +122,21 @@ def expand_inputs(inputs: Sequence[Path]) -> tuple[list[Source], list[tuple[str,
 
 def image_batches(
     sources: Sequence[Source], max_pixels: int, batch_size: int, on_failure: Callable[[str, str], None]
-) -> Iterator[list[LoadedImage]]:
-    """Lists of up to batch_size decoded images, decoding as it goes; each unreadable input goes to on_failure."""
-    readings = read_sources(sources, max_pixels)
+) -> Iterator[tuple[list[str], list[LoadedImage]]]:
+    """Up to batch_size decoded images at a time with their bundle folder names, decoding as it goes;
+    each unreadable input goes to on_failure. Folders are named in input order, a failed input keeping
+    its name too, so `--engine ray` (which names them before anything is read) gives the same names."""
+    from maskseg.engine.export import FolderNamer
+
+    namer = FolderNamer()
+    readings = zip([namer.name(source.stem) for source in sources], read_sources(sources, max_pixels))
     while chunk := list(islice(readings, batch_size)):
-        for source, _image, reason in chunk:
+        for _folder, (source, _image, reason) in chunk:
             if reason:
                 on_failure(source.full_name, reason)
-        batch = [image for _source, image, _reason in chunk if image is not None]
-        if batch:
-            yield batch
+        kept = [(folder, image) for folder, (_source, image, _reason) in chunk if image is not None]
+        if kept:
+            yield [folder for folder, _image in kept], [image for _folder, image in kept]
 
 
 def run_predict_ray(args: argparse.Namespace) -> int:
@@ -170,7 +175,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if ray_only:
         raise UsageError(f"{', '.join(ray_only)} only apply with --engine ray.")
 
-    from maskseg.engine.export import FolderNamer, write_bundle
+    from maskseg.engine.export import write_bundle
     from maskseg.engine.render import RenderOptions
     from maskseg.engine.segmenter import Segmenter
 
@@ -187,7 +192,6 @@ def run_predict(args: argparse.Namespace) -> int:
         boxes=not args.no_boxes, labels=not args.no_labels,
     )
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-    folders = FolderNamer()
     objects = written = 0
     started = time.perf_counter()
     bar = tqdm(total=len(sources), unit="image", disable=len(sources) < 2, file=sys.stderr)
@@ -197,13 +201,13 @@ def run_predict(args: argparse.Namespace) -> int:
         tqdm.write(f"failed {name}: {reason}", file=sys.stderr)
         bar.update(1)
 
-    for batch in image_batches(sources, args.max_pixels, args.batch_size, failed):
+    for folders, batch in image_batches(sources, args.max_pixels, args.batch_size, failed):
         predictions = segmenter.predict(
             batch, score_threshold=args.threshold, mask_threshold=args.mask_threshold,
             classes=classes or None, max_detections=args.max_detections, batch_size=len(batch),
         )
-        for prediction in predictions:
-            write_bundle(prediction, args.out / folders.name(prediction.image_stem), options)
+        for folder, prediction in zip(folders, predictions):
+            write_bundle(prediction, args.out / folder, options)
             objects += len(prediction.instances)
             written += 1
             if len(sources) == 1:

@@ -170,11 +170,29 @@ def test_cli_does_not_import_the_app() -> None:
     assert_none(violations(files, ("maskseg.app",)), "the CLI must not import maskseg.app")
 
 
-def test_scale_out_does_not_import_the_app() -> None:
-    """maskseg/scale.py (planned: `--engine ray`) sits beside the CLI; nothing to check until it exists."""
+def test_scale_out_does_not_import_the_app_or_the_cli() -> None:
+    """maskseg/scale/ (`predict --engine ray`) sits beside the CLI: the CLI calls it, never the reverse."""
     scale = [*python_files(PACKAGE / "scale"), PACKAGE / "scale.py"]
     files = [path for path in scale if path.is_file()]
-    assert_none(violations(files, ("gradio", "maskseg.app")), "maskseg.scale must not import gradio or maskseg.app")
+    assert files, "no maskseg/scale package: has the scale-out layer moved? Update this test."
+    assert_none(violations(files, ("gradio", "maskseg.app", "maskseg.cli")),
+                "maskseg.scale must not import gradio, maskseg.app or maskseg.cli")
+
+
+def test_the_cli_imports_scale_out_only_when_asked() -> None:
+    """`--engine ray` imports maskseg.scale inside the command, so the CLI starts without Ray installed."""
+    top_level = [
+        imp for path in cli_files() for imp in imports_in(path)
+        if any(node.lineno == imp.line for node in parse(path).body if isinstance(node, (ast.Import, ast.ImportFrom)))
+    ]
+    assert_none([imp.where() for imp in top_level if reaches(imp.module, "maskseg.scale") or reaches(imp.module, "ray")],
+                "the CLI must import maskseg.scale and ray lazily (inside the ray command)")
+
+
+def test_nothing_below_the_faces_imports_scale_out() -> None:
+    """Ray stays optional: engine and training (and the app) never reach maskseg.scale."""
+    files = [*layer_files("engine"), *layer_files("training"), *layer_files("app")]
+    assert_none(violations(files, ("maskseg.scale", "ray")), "engine, training and app must not import maskseg.scale or ray")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,11 @@ class Source:
         return self.path.name if self.member is None else f"{self.path.name}/{self.member}"
 
     @property
+    def stem(self) -> str:
+        """The image's name without folders or extension, as its Prediction's image_stem will be."""
+        return Path(self.member or self.path.name).stem or "image"
+
+    @property
     def full_name(self) -> str:
         """The name the command line prints: the path as given, or zip path/member name."""
         return str(self.path) if self.member is None else f"{self.path}/{self.member}"

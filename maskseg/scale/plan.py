@@ -82,7 +82,7 @@ def make_plan(sources: Sequence[Source], earlier: dict[str, Entry], settings: Jo
             if entry.status == "failed" and entry.signature == stamp:
                 plan.known_failures.append(entry)
                 continue
-        folder = entry.folder if entry is not None and entry.folder else namer.name(Path(source.member or source.path.name).stem or "image")
+        folder = entry.folder if entry is not None and entry.folder else namer.name(source.stem)
         plan.rows.append(
             {"order": index, "input": source.full_name, "path": str(source.path), "member": source.member or "",
              "index": source.index, "folder": folder, "signature": stamp}

@@ -141,6 +141,8 @@ def _record(row: dict, key: str, journal: Journal, tally: Tally) -> None:
     import json
 
     status = str(row["status"])
+    if status in ("usage", "error"):  # the actors could not start (weights, class names): stop here
+        raise (UsageError if status == "usage" else MaskSegError)(str(row["reason"]))
     entry = Entry(input=str(row["input"]), status=status, settings=key, folder=str(row["folder"]), objects=int(row["objects"]))
     if status == "done":
         tally.done += 1

@@ -13,6 +13,7 @@ from maskseg.engine.export import coco_document, write_bundle
 from maskseg.engine.render import RenderOptions
 from maskseg.engine.segmenter import Segmenter
 from maskseg.engine.sources import Source, read_sources
+from maskseg.errors import MaskSegError, UsageError
 from maskseg.scale.plan import JobSettings
 
 RESULT_COLUMNS = ("order", "input", "folder", "signature", "status", "reason", "objects", "document", "model", "device", "pid")
@@ -24,21 +25,30 @@ class SegmentWorker:
 
     def __init__(self, settings: JobSettings) -> None:
         self.settings = settings
-        self.segmenter = Segmenter(
-            model=settings.model, checkpoint=settings.checkpoint, device=settings.device,
-            max_pixels=settings.max_pixels, backend=settings.backend, precision=settings.precision,
-        )
-        # A wrong class name or threshold is a user error: checked here (no image), it stops the job
-        # with its sentence before any image is read.
-        self.segmenter.predict([], score_threshold=settings.score_threshold, mask_threshold=settings.mask_threshold,
-                               classes=list(settings.classes) or None, max_detections=settings.max_detections)
         masks, contours, boxes, labels = settings.layers
         self.options = RenderOptions(opacity=settings.opacity, masks=masks, contours=contours, boxes=boxes, labels=labels)
+        self.setup_error: tuple[str, str] | None = None
+        try:
+            self.segmenter = Segmenter(
+                model=settings.model, checkpoint=settings.checkpoint, device=settings.device,
+                max_pixels=settings.max_pixels, backend=settings.backend, precision=settings.precision,
+            )
+            # Checked with no image: a wrong class name or threshold stops the job before any image is read.
+            self.segmenter.predict([], score_threshold=settings.score_threshold, mask_threshold=settings.mask_threshold,
+                                   classes=list(settings.classes) or None, max_detections=settings.max_detections)
+        except MaskSegError as exc:
+            # Missing weights, an unknown class...: answered as rows, so the driver prints the sentence
+            # (an exception here would reach the user as a dead actor's traceback).
+            self.setup_error = ("usage" if isinstance(exc, UsageError) else "error", str(exc))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         """Decode the batch's inputs, segment the readable ones together (as the local CLI does), then
         write each bundle (or make its COCO document); an unreadable input becomes a 'failed' row."""
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        if self.setup_error is not None:
+            status, sentence = self.setup_error
+            results = [self._row(row, status, reason=sentence) for row in rows]
+            return {column: [result[column] for result in results] for column in RESULT_COLUMNS}
         sources = [Source(Path(row["path"]), str(row["member"]) or None, int(row["index"])) for row in rows]
         results, images = [], []
         for row, (_source, image, reason) in zip(rows, read_sources(sources, self.settings.max_pixels)):
@@ -60,9 +70,9 @@ class SegmentWorker:
         return {column: [result[column] for result in results] for column in RESULT_COLUMNS}
 
     def _row(self, row: dict[str, Any], status: str, reason: str = "") -> dict[str, Any]:
-        loaded = self.segmenter.loaded
+        loaded = None if self.setup_error else self.segmenter.loaded
         return {
             "order": int(row["order"]), "input": str(row["input"]), "folder": str(row["folder"]),
             "signature": str(row["signature"]), "status": status, "reason": reason, "objects": 0, "document": "",
-            "model": loaded.title, "device": loaded.device_name, "pid": os.getpid(),
+            "model": loaded.title if loaded else "", "device": loaded.device_name if loaded else "", "pid": os.getpid(),
         }
