@@ -90,3 +90,48 @@ def test_cancel_keeps_frames_then_the_whole_clip_plays(page, tmp_path):
     assert playing["duration"] == pytest.approx(24 / 30, abs=0.05)
     assert page.locator("#video-json a[download], #video-json a").count() >= 1
     assert page.locator("#video-counts").is_visible()
+
+
+def _live_status(page) -> str:
+    return page.input_value("#webcam-status textarea")
+
+
+def _wait_for_live(page, predicate: str, timeout: float = 90_000) -> str:
+    page.wait_for_function(
+        f"() => {{ const s = document.querySelector('#webcam-status textarea')?.value || ''; return {predicate}; }}",
+        timeout=timeout,
+    )
+    return _live_status(page)
+
+
+def test_webcam_streams_through_the_fastest_loaded_model_and_the_slider_acts_live(app_server, playwright):
+    """Chromium's fake camera (a moving pattern) streams into the Webcam tab."""
+    from maskseg.engine.segmenter import Segmenter
+
+    Segmenter("shapes-demo", device="cpu")  # loaded beside the launch model (v1): the cheaper of the two
+    args = [*CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
+    try:
+        page = browser.new_context(viewport={"width": 1400, "height": 1000}, permissions=["camera"]).new_page()
+        page.set_default_timeout(60_000)
+        page.goto(app_server)
+        page.get_by_role("tab", name="Webcam").click()
+        page.wait_for_function("() => document.querySelector('#webcam-model input').value === 'Shapes demo (offline)'")
+        _set_number(page, "webcam-threshold", 0.0)
+        page.get_by_text("Click to Access Webcam").click()
+        page.locator("#webcam-input button", has_text="Record").click()
+        status = _wait_for_live(page, "/^\\d+\\.\\d frames\\/s/.test(s) && !s.startsWith('0 objects')")
+        assert "Shapes demo (offline)" in status and "ms a frame" in status, status
+        sources = set()
+        for _ in range(40):
+            sources.add(page.locator("#webcam-output img").get_attribute("src"))
+            if len(sources) >= 3:
+                break
+            page.wait_for_timeout(250)
+        assert len(sources) >= 3, "the live picture did not keep changing"
+        # The slider acts on the next frames of the same stream: at 1.0 nothing is left.
+        _set_number(page, "webcam-threshold", 1.0)
+        status = _wait_for_live(page, "s.includes(' · 0 objects · ')")
+        assert "frames/s" in status
+    finally:
+        browser.close()

@@ -22,6 +22,8 @@ from maskseg.app.segment_tab import build_segment_tab  # noqa: E402
 from maskseg.app.tempfiles import TEMP_FILES  # noqa: E402
 
 from maskseg.app.video_tab import build_video_tab  # noqa: E402
+from maskseg.app.webcam_tab import build_webcam_tab, pick_fastest  # noqa: E402
+
 CSS = """
 #status textarea {font-weight: 600}
 .maskseg-legend {line-height: 1.9}
@@ -55,9 +57,11 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
                 batch_model = build_batch_tab(config, startup.model)
             if config.train_enabled:
                 with gr.Tab("Train", id="train"):
-                    from maskseg.app.train_tab import build_train_tab
             with gr.Tab("Video", id="video") as video_tab:
                 video_model = build_video_tab(config, startup.model, class_names)
+            with gr.Tab("Webcam", id="webcam") as webcam_tab:
+                webcam_model = build_webcam_tab(config, startup.model)
+                    from maskseg.app.train_tab import build_train_tab
 
                     build_train_tab(config)
             with gr.Tab("About", id="about"):
@@ -73,8 +77,9 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
         batch_tab.select(refresh, [batch_model], [batch_model], api_visibility="private", queue=False)
         demo.unload(_drop_session_files)
     # What Gradio keeps cached for good (example thumbnails, default values) must outlive pruning.
-    TEMP_FILES.protect(lambda: {p for block in demo.blocks.values() for p in getattr(block, "keep_in_cache", ())})
         video_tab.select(refresh, [video_model], [video_model], api_visibility="private", queue=False)
+        webcam_tab.select(pick_fastest(config), [webcam_model], [webcam_model], api_visibility="private", queue=False)
+    TEMP_FILES.protect(lambda: {p for block in demo.blocks.values() for p in getattr(block, "keep_in_cache", ())})
     demo.maskseg_config = config  # type: ignore[attr-defined]
     demo.maskseg_default_model = startup.model  # type: ignore[attr-defined]
     demo.maskseg_notice = startup.operator_notice  # type: ignore[attr-defined]
