@@ -20,7 +20,6 @@ from maskseg.app.explorer_tab import EXPLORER_CSS, build_explorer_tab  # noqa: E
 from maskseg.app.model_menu import make_segmenter, startup_model  # noqa: E402
 from maskseg.app.segment_tab import build_segment_tab  # noqa: E402
 from maskseg.app.tempfiles import TEMP_FILES  # noqa: E402
-
 from maskseg.app.video_tab import build_video_tab  # noqa: E402
 from maskseg.app.webcam_tab import build_webcam_tab, pick_fastest  # noqa: E402
 
@@ -55,12 +54,12 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
                 build_explorer_tab(config, startup.model, class_names, examples)
             with gr.Tab("Batch", id="batch") as batch_tab:
                 batch_model = build_batch_tab(config, startup.model)
-            if config.train_enabled:
-                with gr.Tab("Train", id="train"):
             with gr.Tab("Video", id="video") as video_tab:
                 video_model = build_video_tab(config, startup.model, class_names)
             with gr.Tab("Webcam", id="webcam") as webcam_tab:
                 webcam_model = build_webcam_tab(config, startup.model)
+            if config.train_enabled:
+                with gr.Tab("Train", id="train"):
                     from maskseg.app.train_tab import build_train_tab
 
                     build_train_tab(config)
@@ -75,10 +74,10 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
         refresh = segment.handlers.refresh_models
         segment_tab.select(refresh, [segment.model], [segment.model], api_visibility="private", queue=False)
         batch_tab.select(refresh, [batch_model], [batch_model], api_visibility="private", queue=False)
-        demo.unload(_drop_session_files)
-    # What Gradio keeps cached for good (example thumbnails, default values) must outlive pruning.
         video_tab.select(refresh, [video_model], [video_model], api_visibility="private", queue=False)
         webcam_tab.select(pick_fastest(config), [webcam_model], [webcam_model], api_visibility="private", queue=False)
+        demo.unload(_drop_session_files)
+    # What Gradio keeps cached for good (example thumbnails, default values) must outlive pruning.
     TEMP_FILES.protect(lambda: {p for block in demo.blocks.values() for p in getattr(block, "keep_in_cache", ())})
     demo.maskseg_config = config  # type: ignore[attr-defined]
     demo.maskseg_default_model = startup.model  # type: ignore[attr-defined]
