@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Sequence
 from maskseg.errors import MaskSegError, UsageError
 from maskseg.engine.backend import add_backend_arguments
 from maskseg.engine.images import DEFAULT_MAX_PIXELS, LoadedImage
-from maskseg.engine.sources import Source, expand_sources, read_sources
+from maskseg.engine.sources import Source, expand_listings, expand_sources, read_sources
 
 # Modules that add their own subcommand through add_cli(subparsers).
 PLUGIN_COMMANDS = ("maskseg.training.synth", "maskseg.training.train", "maskseg.training.evaluate")
@@ -53,6 +53,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_backend_arguments(parser)
 
 
+def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    """--engine and the Ray engine's flags (maskseg.scale; Ray from requirements-scale.txt)."""
+    group = parser.add_argument_group("scale-out (--engine ray)")
+    group.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: this process (default); ray: a Ray Data actor pool, each actor with its own model")
+    group.add_argument("--address", help="join the Ray cluster at this address (default: start a local Ray)")
+    group.add_argument("--actors", type=positive_int, help="actors, one model each (default 1)")
+    group.add_argument("--gpus-per-actor", type=float, help="GPUs each actor reserves (e.g. 1, or 0.5 to share one)")
+    group.add_argument("--cpus-per-actor", type=float,
+                       help="CPUs each actor reserves (default: the local machine's cores shared out; 1 on a cluster)")
+    group.add_argument("--format", choices=("bundles", "coco"), default="bundles", dest="output_format",
+                       help="bundles: a folder per image (default); coco: one merged coco.json and objects.parquet")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, including subcommands contributed by other modules."""
     parser = argparse.ArgumentParser(prog="python -m maskseg", description="Mask R-CNN instance segmentation.")
@@ -77,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--opacity", type=fraction, default=0.5, help="mask fill opacity in the overlay")
     for layer in ("masks", "contours", "boxes", "labels"):
         predict.add_argument(f"--no-{layer}", action="store_true", help=f"do not draw {layer} on the overlay")
+    add_scale_arguments(predict)
     predict.set_defaults(handler=run_predict)
 
     add_video_command(subparsers)
@@ -97,31 +112,70 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def expand_inputs(inputs: Sequence[Path]) -> tuple[list[Source], list[tuple[str, str]]]:
-    """Files named directly, zips as their members, image files inside named folders (sorted); and the misses."""
+    """Files named directly, zips as their members, image files inside named folders (sorted), glob
+    patterns and .txt/.csv manifests as the files they name; and the misses."""
+    paths, unlisted = expand_listings(inputs)
     # No member cap: the command line streams one image at a time, so a big zip costs no memory.
-    sources, refused = expand_sources(inputs, walk_folders=True, max_members=None)
-    return sources, [(source.full_name, reason) for source, reason in refused]
+    sources, refused = expand_sources(paths, walk_folders=True, max_members=None)
+    return sources, [(source.full_name, reason) for source, reason in [*unlisted, *refused]]
 
 
 def image_batches(
     sources: Sequence[Source], max_pixels: int, batch_size: int, on_failure: Callable[[str, str], None]
-) -> Iterator[list[LoadedImage]]:
-    """Lists of up to batch_size decoded images, decoding as it goes; each unreadable input goes to on_failure."""
-    readings = read_sources(sources, max_pixels)
+) -> Iterator[tuple[list[str], list[LoadedImage]]]:
+    """Up to batch_size decoded images at a time with their bundle folder names, decoding as it goes;
+    each unreadable input goes to on_failure. Folders are named in input order, a failed input keeping
+    its name too, so `--engine ray` (which names them before anything is read) gives the same names."""
+    from maskseg.engine.export import FolderNamer
+
+    namer = FolderNamer()
+    readings = zip([namer.name(source.stem) for source in sources], read_sources(sources, max_pixels))
     while chunk := list(islice(readings, batch_size)):
-        for source, _image, reason in chunk:
+        for _folder, (source, _image, reason) in chunk:
             if reason:
                 on_failure(source.full_name, reason)
-        batch = [image for _source, image, _reason in chunk if image is not None]
-        if batch:
-            yield batch
+        kept = [(folder, image) for folder, (_source, image, _reason) in chunk if image is not None]
+        if kept:
+            yield [folder for folder, _image in kept], [image for _folder, image in kept]
+
+
+def run_predict_ray(args: argparse.Namespace) -> int:
+    """`predict --engine ray`: the same inputs and settings, run by maskseg.scale on Ray."""
+    from maskseg.scale.plan import JobSettings
+    from maskseg.scale.ray_job import RayOptions, import_ray, run_ray_predict
+
+    import_ray()  # without Ray, say how to install it before listing any input
+    sources, refused = expand_inputs(args.inputs)
+    if not sources and not refused:
+        print("error: no images to segment.", file=sys.stderr)
+        return 1
+    settings = JobSettings(
+        out=str(args.out), model=args.model, checkpoint=str(args.checkpoint) if args.checkpoint else None,
+        device=args.device, backend=args.backend, precision=args.precision, max_pixels=args.max_pixels,
+        score_threshold=args.threshold, mask_threshold=args.mask_threshold,
+        classes=tuple(c.strip() for c in args.classes.split(",") if c.strip()), max_detections=args.max_detections,
+        batch_size=args.batch_size, opacity=args.opacity,
+        layers=(not args.no_masks, not args.no_contours, not args.no_boxes, not args.no_labels),
+        output_format=args.output_format,
+    )
+    options = RayOptions(address=args.address, actors=args.actors or 1,
+                         gpus_per_actor=args.gpus_per_actor or 0.0, cpus_per_actor=args.cpus_per_actor)
+    return run_ray_predict(sources, refused, settings, options)
 
 
 def run_predict(args: argparse.Namespace) -> int:
     """Segment every input, write bundles, name each failure; exit 1 if any input failed."""
     from tqdm import tqdm
 
-    from maskseg.engine.export import FolderNamer, write_bundle
+    if args.engine == "ray":
+        return run_predict_ray(args)
+    ray_only = [flag for flag, value in (("--address", args.address), ("--actors", args.actors),
+                ("--gpus-per-actor", args.gpus_per_actor), ("--cpus-per-actor", args.cpus_per_actor),
+                ("--format coco", args.output_format == "coco")) if value]
+    if ray_only:
+        raise UsageError(f"{', '.join(ray_only)} only apply with --engine ray.")
+
+    from maskseg.engine.export import write_bundle
     from maskseg.engine.render import RenderOptions
     from maskseg.engine.segmenter import Segmenter
 
@@ -138,7 +192,6 @@ def run_predict(args: argparse.Namespace) -> int:
         boxes=not args.no_boxes, labels=not args.no_labels,
     )
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-    folders = FolderNamer()
     objects = written = 0
     started = time.perf_counter()
     bar = tqdm(total=len(sources), unit="image", disable=len(sources) < 2, file=sys.stderr)
@@ -148,13 +201,13 @@ def run_predict(args: argparse.Namespace) -> int:
         tqdm.write(f"failed {name}: {reason}", file=sys.stderr)
         bar.update(1)
 
-    for batch in image_batches(sources, args.max_pixels, args.batch_size, failed):
+    for folders, batch in image_batches(sources, args.max_pixels, args.batch_size, failed):
         predictions = segmenter.predict(
             batch, score_threshold=args.threshold, mask_threshold=args.mask_threshold,
             classes=classes or None, max_detections=args.max_detections, batch_size=len(batch),
         )
-        for prediction in predictions:
-            write_bundle(prediction, args.out / folders.name(prediction.image_stem), options)
+        for folder, prediction in zip(folders, predictions):
+            write_bundle(prediction, args.out / folder, options)
             objects += len(prediction.instances)
             written += 1
             if len(sources) == 1:
