@@ -369,6 +369,24 @@ class CocoStream:
         self.side.unlink(missing_ok=True)
 
 
+def loaded_model_costs() -> dict[str, float]:
+    """Every model in this process's cache → a compute cost to rank them by (lower is faster).
+
+    torchvision's GFLOPs for the zoo architectures (v1 134, v2 334), millions of parameters for
+    the others (the MobileNet demo: a few), so a live stream can pick the fastest model in memory.
+    """
+    from maskseg.engine import models
+
+    with models._CACHE_LOCK:  # models.py lists what is on disk, not what is in memory
+        loaded = list(models._CACHE.values())
+    costs: dict[str, float] = {}
+    for model in loaded:
+        entry = models.ZOO.get(model.architecture)
+        cost = entry.gflops if entry is not None else sum(model.stage_parameters.values()) / 1e6
+        costs[model.key] = min(cost, costs.get(model.key, cost))
+    return costs
+
+
 def video_inputs(paths: Iterable[Path]) -> list[Path]:
     """Files named directly plus video files inside named folders (sorted)."""
     found: list[Path] = []
