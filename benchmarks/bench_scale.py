@@ -52,8 +52,8 @@ def timed_predict(images: Path, out: Path, extra: list[str]) -> float:
     return seconds
 
 
-def measure(datasets: dict[int, Path], work: Path, repeats: int) -> dict[tuple[str, int], float]:
-    """Median wall seconds per (engine, image count); every output folder is fresh (no skipping)."""
+def measure(datasets: dict[int, Path], work: Path, repeats: int) -> dict[tuple[str, int], list[float]]:
+    """Wall seconds per (engine, image count), one per repeat; every output folder is fresh (no skipping)."""
     times: dict[tuple[str, int], list[float]] = {}
     runs = 0
     for repeat in range(repeats):
@@ -64,14 +64,19 @@ def measure(datasets: dict[int, Path], work: Path, repeats: int) -> dict[tuple[s
                 seconds = timed_predict(images, out, extra)
                 times.setdefault((name, count), []).append(seconds)
                 print(f"  {name:<14} {count:>4} images: {seconds:6.1f} s", flush=True)
-    return {key: statistics.median(values) for key, values in times.items()}
+    return times
 
 
-def report(medians: dict[tuple[str, int], float], small: int, large: int, size: int, repeats: int) -> list[str]:
-    """The results as Markdown lines."""
+def report(times: dict[tuple[str, int], list[float]], small: int, large: int, size: int, repeats: int) -> list[str]:
+    """The results as Markdown lines. Per-image cost is the median over repeats of each repeat's own
+    slope (its two sizes ran back to back), which a machine whose load drifts disturbs least."""
     import ray
 
-    per_image = {name: (medians[(name, large)] - medians[(name, small)]) / (large - small) for name in ENGINES}
+    medians = {key: statistics.median(values) for key, values in times.items()}
+    per_image = {
+        name: statistics.median((big - few) / (large - small) for few, big in zip(times[(name, small)], times[(name, large)]))
+        for name in ENGINES
+    }
     local = per_image["local CLI"]
     lines = [
         "# Scale-out benchmark: `predict --engine ray` vs the local CLI",
@@ -82,8 +87,13 @@ def report(medians: dict[tuple[str, int], float], small: int, large: int, size: 
         f"each command a fresh process, as a user runs it (model load and Ray start included) · median of {repeats} "
         "repeats, the engines alternating.",
         "",
+        f"Load average at the end (1/5/15 min): {' / '.join(f'{v:.1f}' for v in os.getloadavg())} on "
+        f"{os.cpu_count()} cores: other work on the machine slows every engine alike, so compare within a row set.",
+        "",
         f"Start-up and per-image cost come from two dataset sizes ({small} and {large} images): "
-        "per image = (t_large − t_small) / (large − small); start-up = t_small − small × per image.",
+        "per image = (t_large − t_small) / (large − small) within each repeat, then the median; "
+        "start-up = median t_small − small × per image. Ray's start-up holds starting Ray, its actors "
+        "and their model loads; its overhead per image is the difference from the local CLI's per-image cost.",
         "",
         f"| engine | {small} images (s) | {large} images (s) | images/s at {large} | steady images/s | "
         "s per image | start-up (s) | overhead per image vs local |",
@@ -111,8 +121,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
         work = Path(tmp)
         datasets = {count: make_images(work / f"data-{count}", count, args.size) for count in (args.small, args.large)}
-        medians = measure(datasets, work, args.repeats)
-    lines = report(medians, args.small, args.large, args.size, args.repeats)
+        times = measure(datasets, work, args.repeats)
+    lines = report(times, args.small, args.large, args.size, args.repeats)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

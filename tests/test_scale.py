@@ -257,3 +257,24 @@ def test_the_local_engine_refuses_ray_only_flags(photos, tmp_path, capsys) -> No
     code, _, stderr = predict(capsys, str(photos), "--out", str(tmp_path), "--actors", "2", "--format", "coco")
     assert code == 2
     assert "--actors, --format coco only apply with --engine ray" in stderr
+
+
+def test_a_failed_input_keeps_its_folder_name_on_both_engines(ray_cluster, photos, tmp_path, capsys) -> None:
+    folder = tmp_path / "inputs"  # "b.jpg" cannot be read; "b.png" is the same stem and comes after it
+    folder.mkdir()
+    (folder / "a.png").write_bytes((photos / "shape_12_00001.png").read_bytes())
+    (folder / "b.jpg").write_bytes(b"not a picture")
+    (folder / "b.png").write_bytes((photos / "shape_12_00002.png").read_bytes())
+    local_code, _, _ = predict(capsys, str(folder), "--out", str(tmp_path / "local"))
+    ray_code, _, _ = predict(capsys, str(folder), "--out", str(tmp_path / "ray"), "--engine", "ray", "--actors", "2")
+    assert local_code == ray_code == 1
+    assert sorted(p.name for p in (tmp_path / "local").iterdir()) == ["a", "b_2"]
+    assert bundle_files(tmp_path / "ray") == bundle_files(tmp_path / "local")
+
+
+def test_a_setting_the_actors_refuse_is_one_sentence_and_exit_code_2(ray_cluster, photos, tmp_path, capsys) -> None:
+    code, stdout, stderr = predict(capsys, str(photos / "shape_12_0000*.png"), "--out", str(tmp_path / "out"),
+                                   "--engine", "ray", "--classes", "zebra")
+    assert code == 2
+    assert "error: Unknown class 'zebra'" in stderr and "Traceback" not in stderr
+    assert "Segmented" not in stdout

@@ -116,7 +116,8 @@ def _run_rows(ray: Any, plan: Plan, settings: JobSettings, options: RayOptions, 
     started_ray = connect(ray, options)
     try:
         rows_per_block = settings.batch_size * BATCHES_PER_BLOCK
-        dataset = ray.data.from_items(plan.rows, override_num_blocks=max(1, math.ceil(len(plan.rows) / rows_per_block)))
+        blocks = min(len(plan.rows), max(options.actors, math.ceil(len(plan.rows) / rows_per_block)))
+        dataset = ray.data.from_items(plan.rows, override_num_blocks=blocks)  # a block for every actor at least
         results = dataset.map_batches(
             SegmentWorker, fn_constructor_kwargs={"settings": settings}, batch_size=settings.batch_size,
             compute=ray.data.ActorPoolStrategy(size=options.actors), num_cpus=cpus_per_actor(ray, options),
