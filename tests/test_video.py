@@ -212,8 +212,11 @@ def _bad_inputs(clip: Path, tmp_path: Path) -> dict[str, tuple[Path, VideoSettin
     Image.fromarray(draw_frame(0)).save(photo)
     empty = tmp_path / "empty.webm"
     empty.write_bytes(b"")
+    codec = write_clip(tmp_path / "odd.avi", 4, codec="mjpeg", fmt="avi")
+    codec.write_bytes(codec.read_bytes().replace(b"MJPG", b"QQQQ"))  # a fourcc no decoder claims
     plain = VideoSettings(score_threshold=THRESHOLD)
     return {
+        "codec": (codec, plain, "odd.avi uses a video codec FFmpeg does not know, which this server cannot decode"),
         "truncated": (truncated, plain, "truncated.mp4 could not be opened as a video: it is not a video file, or it is cut short or damaged"),
         "text": (text, plain, "notes.mp4 could not be opened as a video"),
         "photo": (photo, plain, "photo.png is a still image, not a video"),

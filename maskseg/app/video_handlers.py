@@ -128,6 +128,8 @@ def run_clip(config: AppConfig, clip, model: str, controls: VideoControls, progr
     finally:
         STOPS.finish(session, flag)
     tracks = table_frame(result.track_rows(), TRACK_COLUMNS)
+    if hasattr(tracks, "format"):  # a Styler (rows to colour): seconds and scores at a readable precision
+        tracks = tracks.format({"first s": "{:.2f}", "last s": "{:.2f}", "best score": "{:.3f}"})
     return (str(result.video_path), str(result.json_path), str(result.csv_path), tracks, counts_frame(result),
             result.summary())
 

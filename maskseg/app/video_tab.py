@@ -8,7 +8,7 @@ import gradio as gr
 from maskseg.app.components import NETWORK, pass_upload_path_through, user_error
 from maskseg.app.config import AppConfig
 from maskseg.app.model_menu import make_segmenter, model_choices
-from maskseg.app.video_handlers import COUNT_COLUMNS, VideoControls, cancel_clip, run_clip
+from maskseg.app.video_handlers import VideoControls, cancel_clip, run_clip
 from maskseg.engine.video import TRACK_COLUMNS
 from maskseg.errors import MaskSegError
 
@@ -87,6 +87,3 @@ def build_video_tab(config: AppConfig, default_model: str, class_names: list[str
     cancel_btn.click(cancel_clip, None, [status], api_visibility="private", queue=False)
     model_dd.input(change_model, [model_dd], [controls[2]], api_visibility="private", concurrency_id=NETWORK)
     return model_dd
-
-
-__all__ = ["build_video_tab", "COUNT_COLUMNS"]

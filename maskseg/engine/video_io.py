@@ -85,8 +85,8 @@ def _clip_info(container: av.container.InputContainer, name: str, max_pixels: in
     stream = container.streams.video[0]
     context = stream.codec_context
     if context is None or not context.codec or not context.codec.is_decoder:
-        codec = getattr(getattr(stream, "codec_context", None), "name", None) or "unknown"
-        raise VideoLoadError(f"{name} uses the {codec} video codec, which this server cannot decode; convert it to H.264 MP4.")
+        codec = f"the {context.name} video codec" if context is not None and context.name else "a video codec FFmpeg does not know"
+        raise VideoLoadError(f"{name} uses {codec}, which this server cannot decode; convert it to H.264 MP4 first.")
     width, height = int(context.width), int(context.height)
     if width <= 0 or height <= 0:
         raise VideoLoadError(f"{name} has no frame size, so its video cannot be decoded (is it damaged?).")
