@@ -41,8 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=_env("MASKSEG_DEVICE", default="auto"), help="auto, cpu or cuda")
     parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default=_env("MASKSEG_BACKEND", default="auto"),
                         help="what runs the network: auto (OpenVINO on CPU, torch on CUDA), torch or openvino")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default=_env("MASKSEG_PRECISION", default="fp32"),
-                        help="fp32, or bf16 where the CPU supports it (faster, slightly different answers)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default=_env("MASKSEG_PRECISION", default="auto"),
+                        help="auto (fp32 on CPU, fp16 on CUDA), fp32, fp16 (CUDA) or bf16 (faster, slightly different answers)")
     parser.add_argument("--share", action="store_true",
                         default=_env("MASKSEG_SHARE", default="0").lower() in ("1", "true", "yes"),
                         help="also serve through a temporary public gradio.live link")

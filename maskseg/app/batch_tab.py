@@ -19,12 +19,18 @@ from maskseg.engine.sources import collect_batch_images
 from maskseg.errors import MaskSegError
 
 
-@gpu
-def predict_photos(model_value: str, config: AppConfig, score_threshold: float, images: list, progress_callback):
-    """The only call in the Batch tab that runs the network (GPU-decorated on ZeroGPU)."""
+def batch_seconds(model_value: str, config: AppConfig, score_threshold: float, images: list, progress) -> int:
+    """ZeroGPU's time slot for a batch: a start-up allowance plus a few seconds per photo."""
+    return 20 + 3 * len(images)
+
+
+@gpu(duration=batch_seconds)
+def predict_photos(model_value: str, config: AppConfig, score_threshold: float, images: list, progress):
+    """The only call in the Batch tab that runs the network (GPU-decorated on ZeroGPU, so it takes
+    Gradio's own Progress, which crosses into the GPU worker, not a local callback, which cannot)."""
     segmenter = make_segmenter(model_value, config)
     NETWORK_RUNS.add(len(images))
-    return segmenter.predict(images, score_threshold=score_threshold, progress=progress_callback)
+    return segmenter.predict(images, score_threshold=score_threshold, progress=progress_adapter(progress))
 
 
 def build_batch_tab(config: AppConfig, default_model: str) -> gr.Dropdown:
@@ -55,7 +61,7 @@ def build_batch_tab(config: AppConfig, default_model: str) -> gr.Dropdown:
             reasons = "; ".join(reason for _, reason in collected.skipped)
             raise gr.Error(f"None of the files is an image that can be read: {reasons}", print_exception=False)
         try:
-            preds = predict_photos(model, config, float(score_threshold), collected.images, progress_adapter(progress))
+            preds = predict_photos(model, config, float(score_threshold), collected.images, progress)
         except MaskSegError as exc:
             raise user_error(exc) from exc
         progress(1.0, desc="Writing the zip")

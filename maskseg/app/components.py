@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 import pandas as pd
 
+from maskseg.engine.models import one_cpu_thread_in_forked_children
 from maskseg.engine.prediction import TABLE_COLUMNS
 from maskseg.engine.render import color_hex
 from maskseg.errors import CheckpointError, MaskSegError, WeightsMissingError
 
 try:  # ZeroGPU on Hugging Face Spaces: the function that runs the network asks for a GPU.
     import spaces  # type: ignore
+except ImportError:  # everywhere else `gpu` is a no-op
+    spaces = None
 
-    gpu = spaces.GPU
-except ImportError:  # everywhere else this is a no-op
+# On a ZeroGPU Space a decorated call runs in a forked GPU worker: its arguments and its answer are
+# pickled across, so answers must not need the network afterwards (see Prediction.detached).
+ZERO_GPU = spaces is not None and os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+if ZERO_GPU:
+    one_cpu_thread_in_forked_children()
 
-    def gpu(fn):
-        return fn
+
+def gpu(duration: int | Callable[..., int]):
+    """spaces.GPU with an explicit duration in seconds (or a function of the call's arguments),
+    as ZeroGPU's scheduler wants; without the `spaces` package, the function unchanged."""
+    if spaces is None:
+        return lambda fn: fn
+    return spaces.GPU(duration=duration)
 
 
 NETWORK = "network"  # one network run at a time per process (the model is shared)

@@ -19,7 +19,7 @@ class AppConfig:
     checkpoint: str | None = None
     device: str = "auto"
     backend: str = "auto"  # auto (OpenVINO on CPU, torch on CUDA), torch or openvino
-    precision: str = "fp32"
+    precision: str = "auto"  # auto (fp32 on CPU, fp16 autocast on CUDA), fp32, fp16 or bf16
     checkpoints_dir: Path = field(default_factory=lambda: Path("checkpoints"))
     max_pixels: int = DEFAULT_MAX_PIXELS
     score_threshold: float = 0.5

@@ -71,7 +71,7 @@ class TraceStore:
 TRACES = TraceStore(int(float(os.environ.get("MASKSEG_TRACE_MAX_MB") or 1024) * 2**20))
 
 
-@gpu
+@gpu(duration=60)
 def trace_network(config: AppConfig, image, model: str, threshold: float):
     """The traced run itself (a GPU is asked for here on ZeroGPU, as for the Segment tab's run)."""
     NETWORK_RUNS.add(1)

@@ -17,7 +17,8 @@ from maskseg.app.config import AppConfig  # noqa: E402
 from maskseg.app.examples import ExampleSets  # noqa: E402
 from maskseg.app.explorer_handlers import TRACES  # noqa: E402
 from maskseg.app.explorer_tab import EXPLORER_CSS, build_explorer_tab  # noqa: E402
-from maskseg.app.model_menu import make_segmenter, startup_model  # noqa: E402
+from maskseg.app.components import ZERO_GPU  # noqa: E402
+from maskseg.app.model_menu import make_segmenter, preload_menu_models, startup_model  # noqa: E402
 from maskseg.app.segment_tab import build_segment_tab  # noqa: E402
 from maskseg.app.tempfiles import TEMP_FILES  # noqa: E402
 from maskseg.app.video_tab import build_video_tab  # noqa: E402
@@ -38,6 +39,8 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
     """The whole app as gr.Blocks; the launch model is loaded here so the first request is fast."""
     config = config or AppConfig()
     startup = startup_model(config)
+    if ZERO_GPU:  # the decorated calls then only run inference on models already on the GPU
+        preload_menu_models(config)
     if startup.operator_notice:
         print(f"maskseg: {startup.operator_notice}", flush=True)
     class_names = make_segmenter(startup.model, config).class_names if startup.ready else []

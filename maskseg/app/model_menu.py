@@ -61,6 +61,22 @@ class Startup:
     visitor_notice: str | None = None  # for the page: plain words, no server paths
 
 
+def preload_menu_models(config: AppConfig) -> list[str]:
+    """Load every model the menu offers whose weights are here (ZeroGPU wants models built and put
+    on the GPU at start-up, in the main process); returns the values loaded."""
+    loaded = []
+    for _, value in model_choices(config):
+        if value in ZOO and not ZOO[value].weights_path.is_file():
+            continue  # never a download at start-up; the menu says "not downloaded yet"
+        try:
+            make_segmenter(value, config)
+        except MaskSegError as exc:  # missing weights or a bad checkpoint: the menu says so on use
+            print(f"maskseg: not preloading {value}: {exc}", flush=True)
+            continue
+        loaded.append(value)
+    return loaded
+
+
 def startup_model(config: AppConfig) -> Startup:
     """Load the launch model once; fall back to the offline demo when COCO weights cannot be had.
 

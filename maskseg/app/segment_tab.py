@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from maskseg.app.components import NETWORK, RENDER, gpu, pass_upload_path_through, table_frame, user_error
+from maskseg.app.components import NETWORK, RENDER, ZERO_GPU, gpu, pass_upload_path_through, table_frame, user_error
 from maskseg.app.config import AppConfig
 from maskseg.app.controls import Controls, clamp_to_floor
 from maskseg.app.examples import ExampleSets
@@ -22,10 +22,11 @@ from maskseg.engine.prediction import TABLE_COLUMNS
 from maskseg.errors import MaskSegError
 
 
-@gpu
+@gpu(duration=30)
 def predict_photo(model_value: str, config: AppConfig, image: Any, controls: Controls):
-    """The only call in the Segment tab that runs the network (GPU-decorated on ZeroGPU)."""
-    return run_network(make_segmenter(model_value, config), image, controls)
+    """The only call in the Segment tab that runs the network (GPU-decorated on ZeroGPU, where its
+    answer leaves the GPU worker complete: every candidate's mask, no features)."""
+    return run_network(make_segmenter(model_value, config), image, controls, detached=ZERO_GPU)
 
 
 def controls_from(threshold, mask_threshold, classes, max_detections, opacity, masks, contours, boxes, labels) -> Controls:

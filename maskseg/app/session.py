@@ -49,11 +49,18 @@ class NetworkRuns:
 
 NETWORK_RUNS = NetworkRuns()
 
-def run_network(segmenter: Segmenter, image: LoadedImage | np.ndarray, controls: Controls) -> Prediction:
-    """Run the network once, keeping everything down to the floor so later filters are free."""
+def run_network(
+    segmenter: Segmenter, image: LoadedImage | np.ndarray, controls: Controls, detached: bool = False
+) -> Prediction:
+    """Run the network once, keeping everything down to the floor so later filters are free.
+
+    `detached`: compute every candidate's mask now and let the features go, for a run whose answer
+    leaves the process (ZeroGPU's worker), where no later mask could be computed.
+    """
     floor = min(float(controls.score_threshold), SCORE_FLOOR)
     NETWORK_RUNS.add(1)
-    return segmenter.predict_one(
+    prediction = segmenter.predict_one(
         image, score_threshold=floor, mask_threshold=float(controls.mask_threshold), max_detections=100,
         keep_features=True,  # a lower threshold or another class computes its masks from them
     )
+    return prediction.detached() if detached else prediction

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from maskseg.engine.models import LoadedModel
 
 BACKENDS = ("auto", "torch", "openvino")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 BACKEND_ENV = "MASKSEG_BACKEND"
 PRECISION_ENV = "MASKSEG_PRECISION"
 
@@ -28,8 +28,8 @@ def default_backend() -> str:
 
 
 def default_precision() -> str:
-    """The precision asked for by the environment (MASKSEG_PRECISION), else fp32."""
-    return os.environ.get(PRECISION_ENV, "fp32").strip().lower() or "fp32"
+    """The precision asked for by the environment (MASKSEG_PRECISION), else auto."""
+    return os.environ.get(PRECISION_ENV, "auto").strip().lower() or "auto"
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,8 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision", choices=PRECISIONS, default=default_precision(),
-        help="fp32, or bf16 where the CPU supports it: faster, slightly different answers (default: fp32)",
+        help="auto (fp32 on CPU, fp16 autocast on CUDA), fp32, fp16 (CUDA only) or bf16 (CPUs with bf16 "
+        "support, or CUDA): faster, slightly different answers (default: $MASKSEG_PRECISION or auto)",
     )
 
 
@@ -56,11 +57,18 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     return name
 
 
-def check_precision(precision: str | None) -> str:
-    """fp32 or bf16, or a user error."""
-    name = (precision or "fp32").strip().lower()
+def check_precision(precision: str | None, device: torch.device | None = None) -> str:
+    """auto → fp16 on CUDA (autocast), fp32 on the CPU; fp16 only on CUDA; else a user error."""
+    name = (precision or "auto").strip().lower()
     if name not in PRECISIONS:
         raise UsageError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
+    on_cuda = device is not None and device.type == "cuda"
+    if name == "auto":
+        return "fp16" if on_cuda else "fp32"
+    if name == "fp16" and not on_cuda:
+        raise UsageError("fp16 runs on CUDA only; on the CPU use --precision fp32 or bf16.")
+    if name == "bf16" and on_cuda and not torch.cuda.is_bf16_supported():
+        raise UsageError("This GPU has no bf16 support; use --precision fp16 or fp32.")
     return name
 
 

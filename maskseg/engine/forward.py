@@ -102,3 +102,18 @@ class MaskHead:
     def release(self) -> None:
         """Drop the features (tens of MB); masks already computed stay."""
         self._features = None
+
+    def ensure_all(self, chunk: int = 256) -> None:
+        """Compute every candidate's mask (in chunks, to bound the mask head's memory)."""
+        count = int(self._boxes.shape[0])
+        for start in range(0, count, chunk):
+            self.ensure(range(start, min(start + chunk, count)))
+
+    def __getstate__(self) -> dict:
+        """Pickled (as a ZeroGPU worker returns it): the masks computed so far and the boxes, on
+        the CPU; the network, its features and the lock stay behind, so the copy is released."""
+        return {"_done": self._done, "_boxes": self._boxes.cpu(), "_labels": self._labels.cpu(), "_size": self._size}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._network, self._features, self._lock = None, None, threading.RLock()

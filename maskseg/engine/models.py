@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +95,7 @@ class LoadedModel:
     # Re-entrant: the stage explorer holds it around a whole traced run, which takes it again inside.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     backend: str = "torch"  # what runs the backbone and heads: "torch" or "openvino"
-    precision: str = "fp32"  # "fp32" or "bf16"
+    precision: str = "fp32"  # "fp32", "fp16" (CUDA autocast) or "bf16"
     backend_note: str = ""  # why the asked-for backend is not the one running, if it is not
     # Parameters per stage, counted on the torch modules before a backend may swap them out.
     stage_parameters: dict[str, int] = field(default_factory=dict)
@@ -242,7 +244,7 @@ def load_model(
     checkpoint: str | Path | None = None,
     device: str | torch.device = "auto",
     backend: str = "torch",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> LoadedModel:
     """The model for these settings, built once per process and shared by every caller.
 
@@ -254,7 +256,7 @@ def load_model(
     dev = resolve_device(device)
     key = str(Path(checkpoint).resolve()) if checkpoint is not None else resolve_model_name(model, dev)
     runtime = resolve_backend(backend, dev)
-    precision = check_precision(precision)
+    precision = check_precision(precision, dev)
     cache_key = (key, str(dev), runtime, precision)
     with _CACHE_LOCK:
         cached = _CACHE.get(cache_key)
@@ -314,19 +316,50 @@ def count_stage_parameters(network: nn.Module) -> dict[str, int]:
     }
 
 
+_FORK_HOOK = []
+
+
+def one_cpu_thread_in_forked_children() -> None:
+    """Make forked children (ZeroGPU runs every GPU call in one) use one CPU thread: the parent's
+    OpenMP thread pool does not survive a fork, and the child's first parallel CPU operation would
+    wait for it forever. PyTorch's own DataLoader workers do the same. Registered once."""
+    if not _FORK_HOOK:
+        os.register_at_fork(after_in_child=lambda: torch.set_num_threads(1))
+        _FORK_HOOK.append(True)
+
+
+def release_device_memory(device: torch.device) -> None:
+    """Hand a GPU's cached blocks back to the driver (after a model is dropped or a batch ran out
+    of memory), so other processes and the next model can use them; nothing to do on the CPU."""
+    if device.type == "cuda":
+        gc.collect()  # the dropped network's tensors go only when nothing refers to them
+        torch.cuda.empty_cache()
+
+
+def _drop(keys: list[tuple[str, str, str, str]]) -> None:
+    """Forget these cached models and free the GPU memory they held."""
+    with _CACHE_LOCK:
+        dropped = [_CACHE.pop(key) for key in keys if key in _CACHE]
+    devices = {loaded.device for loaded in dropped}
+    del dropped  # a Segmenter still holding one keeps it alive (and working) until it goes too
+    for device in devices:
+        release_device_memory(device)
+
+
 def forget_model(checkpoint: str | Path) -> None:
     """Drop a checkpoint's models (on every device) from the cache: after it is overwritten, or
     when a short-lived one such as the Train tab's preview is done."""
     path = str(Path(checkpoint).resolve())
     with _CACHE_LOCK:
-        for key in [k for k in _CACHE if k[0] == path]:
-            del _CACHE[key]
+        keys = [k for k in _CACHE if k[0] == path]
+    _drop(keys)
 
 
 def clear_model_cache() -> None:
-    """Forget every loaded model (tests use this between TORCH_HOME changes)."""
+    """Forget every loaded model and free the GPU memory they held."""
     with _CACHE_LOCK:
-        _CACHE.clear()
+        keys = list(_CACHE)
+    _drop(keys)
 
 
 def list_models() -> list[dict[str, Any]]:

@@ -91,6 +91,12 @@ class _MaskStore:
         self._crops: dict[tuple[int, float], MaskCrop] = {}
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict:
+        return {"_crops": dict(self._crops)}  # a lock cannot be pickled; the copy gets its own
+
+    def __setstate__(self, state: dict) -> None:
+        self._crops, self._lock = state["_crops"], threading.Lock()
+
     def get(
         self, instance: Instance, height: int, width: int, mask_threshold: float, mask_head: "MaskHead | None"
     ) -> MaskCrop:
@@ -147,6 +153,15 @@ class Prediction:
     def image_stem(self) -> str:
         """The image's name without extension: its bundle folder name."""
         return Path(self.image_name).stem or "image"
+
+    def detached(self) -> "Prediction":
+        """This prediction with every candidate's mask computed and the network's features let go:
+        complete without the network, so it can leave the process that ran it (a ZeroGPU worker)
+        and still serve any later threshold, class filter or cap."""
+        if self.mask_head is not None and not self.mask_head.released:
+            self.mask_head.ensure_all()
+            self.mask_head.release()
+        return self
 
     def can_filter(self, score_threshold: float) -> bool:
         """Whether `score_threshold` can be served from this prediction without re-running."""

@@ -9,11 +9,11 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from maskseg.errors import UsageError
+from maskseg.errors import ImageLoadError, UsageError
 from maskseg.engine.backend import default_backend, default_precision
 from maskseg.engine.forward import Candidates, MaskHead, detect
 from maskseg.engine.images import DEFAULT_MAX_PIXELS, ImageSource, LoadedImage, load_image
-from maskseg.engine.models import LoadedModel, load_model
+from maskseg.engine.models import LoadedModel, load_model, release_device_memory
 from maskseg.engine.prediction import Instance, Prediction
 from maskseg.engine.preprocess import network_size, prepare_batch
 
@@ -126,8 +126,23 @@ class Segmenter:
         results: dict[int, Prediction] = {}
         for indices in groups.values():
             group = [batch[i] for i in indices]
-            results.update(zip(indices, self._run_group(group, floor, mask_threshold)))
+            results.update(zip(indices, self._run_fitting(group, floor, mask_threshold)))
         return [results[i] for i in range(len(batch))]
+
+    def _run_fitting(self, group: list[LoadedImage], floor: float, mask_threshold: float) -> list[Prediction]:
+        """_run_group, halving a group that runs out of GPU memory until it fits (results do not
+        depend on the group, so the answer is the same); one photo that cannot fit is a clear error."""
+        try:
+            return self._run_group(group, floor, mask_threshold)
+        except torch.OutOfMemoryError:
+            release_device_memory(self.loaded.device)
+            if len(group) == 1:
+                raise ImageLoadError(
+                    f"{group[0].name} does not fit in the GPU's memory even alone; lower --max-pixels or "
+                    "use --device cpu."
+                ) from None
+        half = len(group) // 2
+        return self._run_fitting(group[:half], floor, mask_threshold) + self._run_fitting(group[half:], floor, mask_threshold)
 
     def _run_group(self, group: list[LoadedImage], floor: float, mask_threshold: float) -> list[Prediction]:
         """Backbone, RPN and box head once for images of one network size; masks left on demand."""
@@ -192,13 +207,16 @@ class Segmenter:
         )
 
 
+AUTOCAST_TYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def autocast_for(loaded: LoadedModel):
-    """fp16 autocast on CUDA; bf16 autocast for torch on CPU when asked; otherwise plain fp32."""
-    if loaded.device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    if loaded.backend == "torch" and loaded.precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """Autocast in the model's precision for torch (fp16/bf16 on CUDA, bf16 on CPU); plain fp32
+    otherwise (OpenVINO applies its own precision inside the compiled parts)."""
+    dtype = AUTOCAST_TYPES.get(loaded.precision)
+    if dtype is None or loaded.backend != "torch":
+        return contextlib.nullcontext()
+    return torch.autocast(loaded.device.type, dtype=dtype)
 
 
 def _check_fraction(what: str, value: float) -> None:
