@@ -86,8 +86,16 @@ class VideoControls:
         )
 
 
-# ZeroGPU grants a call a few minutes at most; a longer clip is cut there by its own time limit.
-@gpu(duration=300)
+def _gpu_for_clips(fn):
+    """`gpu` asking ZeroGPU for 300 s (a longer clip is cut there by its time limit); the decorator
+    without a duration, as some versions of components.py define it, is applied as it is."""
+    try:
+        return gpu(duration=300)(fn)
+    except TypeError:
+        return gpu(fn)
+
+
+@_gpu_for_clips
 def predict_clip(model_value: str, config: AppConfig, clip: str, out_dir: Path, settings: VideoSettings,
                  progress, should_stop) -> VideoResult:
     """The only call in the Video tab that runs the network (GPU-decorated on ZeroGPU)."""
