@@ -34,7 +34,10 @@ class CocoWriter:
             ("category_id", pa.int64()), ("class", pa.string()), ("score", pa.float64()), ("x", pa.float64()),
             ("y", pa.float64()), ("width", pa.float64()), ("height", pa.float64()), ("area", pa.int64()),
         ])
-        self._parquet = pq.ParquetWriter(self.out / PARQUET_NAME, self._schema)
+        # Both files are written under a .partial name and renamed when complete: a job stopped
+        # half-way never leaves a truncated table that looks finished.
+        self._parquet_partial = self.out / (PARQUET_NAME + ".partial")
+        self._parquet = pq.ParquetWriter(self._parquet_partial, self._schema)
         self._annotations = tempfile.TemporaryFile("w+", encoding="utf-8", dir=self.out)
         self._rows: dict[str, list] = {name: [] for name in PARQUET_COLUMNS}
         self.images: list[dict] = []
@@ -73,6 +76,7 @@ class CocoWriter:
         """Write coco.json and finish objects.parquet; returns both paths."""
         self._flush_rows()
         self._parquet.close()
+        self._parquet_partial.replace(self.out / PARQUET_NAME)
         info = {**self.info, "description": f"maskseg {__version__} prediction, {len(self.images)} images merged",
                 "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         path = self.out / COCO_NAME
