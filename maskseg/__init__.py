@@ -26,6 +26,9 @@ _PUBLIC = {
     "write_batch_zip": "maskseg.engine.export",
     "cutout_rgba": "maskseg.engine.cutouts",
     "check_bundle": "maskseg.engine.verify",
+    "segment_video": "maskseg.engine.video",
+    "VideoSettings": "maskseg.engine.video",
+    "IouTracker": "maskseg.engine.tracker",
 }
 
 __all__ = ["MaskSegError", "__version__", *_PUBLIC]
