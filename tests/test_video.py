@@ -261,3 +261,23 @@ def test_cli_writes_the_three_files_and_names_a_bad_input(clip, tmp_path, capsys
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["shapes_maskseg.mp4", "shapes_objects.csv", "shapes_objects.json"]
     assert len(decode_rgb(tmp_path / "out" / "shapes_maskseg.mp4")) == 10
+
+
+def test_tracker_keeps_ids_through_a_crossing_and_a_short_gap():
+    """Two same-class objects cross paths; one then vanishes for 3 frames: ids stay, a late return is new."""
+    tracker = IouTracker(max_missed=5)
+    seen: dict[str, set[int]] = {"right": set(), "left": set()}
+    for step in range(40):
+        right = (10 + 6 * step, 100, 70 + 6 * step, 160)
+        left = (250 - 6 * step, 120, 310 - 6 * step, 180)  # overlaps `right` for frames ~15 to ~25
+        ids = tracker.update([right, left], ["car", "car"])
+        seen["right"].add(ids[0])
+        seen["left"].add(ids[1])
+    assert len(seen["right"]) == len(seen["left"]) == 1 and seen["right"] != seen["left"]
+    (kept,) = seen["right"]
+    for gap in range(3):  # gone for 3 frames, then back where it would be
+        tracker.update([], [])
+    assert tracker.update([(10 + 6 * 43, 100, 70 + 6 * 43, 160)], ["car"]) == [kept]
+    for gap in range(6):  # gone for longer than max_missed: its track has ended
+        tracker.update([], [])
+    assert tracker.update([(10 + 6 * 50, 100, 70 + 6 * 50, 160)], ["car"]) != [kept]
