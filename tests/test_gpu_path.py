@@ -89,3 +89,14 @@ def test_a_pickled_prediction_without_its_masks_says_so() -> None:
     assert hidden, "the photo should have candidates under 0.9"
     with pytest.raises(MaskSegError, match="was not computed"):
         lower.mask(hidden[0])
+
+
+def test_the_gpu_benchmark_says_it_needs_a_gpu_on_a_cpu() -> None:
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the benchmark would run for real")
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "bench_gpu.py")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "needs a CUDA GPU" in out.stdout
