@@ -109,7 +109,7 @@ class LoadedModel:
     def device_name(self) -> str:
         """'CPU' or the GPU's name, for status lines."""
         if self.device.type == "cuda":
-            return torch.cuda.get_device_name(self.device)
+            return f"{torch.cuda.get_device_name(self.device)} · {self.runtime_name}"
         return f"CPU · {self.runtime_name}"
 
     @property
