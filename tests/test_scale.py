@@ -278,3 +278,22 @@ def test_a_setting_the_actors_refuse_is_one_sentence_and_exit_code_2(ray_cluster
     assert code == 2
     assert "error: Unknown class 'zebra'" in stderr and "Traceback" not in stderr
     assert "Segmented" not in stdout
+
+
+def test_an_address_with_no_cluster_is_one_sentence_at_once(photos, tmp_path) -> None:
+    import subprocess
+
+    from conftest import REPO_ROOT, free_port
+
+    require_or_skip(ray_available(), "Ray is not installed (pip install -r requirements-scale.txt)")
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "maskseg", "predict", str(photos), "--out", str(tmp_path / "out"), "--engine", "ray",
+         "--address", f"127.0.0.1:{free_port()}", "--model", "shapes-demo"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert result.returncode == 1
+    assert "Could not join the Ray cluster at 127.0.0.1:" in result.stderr and "ray start --head" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.perf_counter() - started < 60  # not Ray's minutes of retries

@@ -60,12 +60,29 @@ def connect(ray: Any, options: RayOptions) -> bool:
         return False  # a caller (a test, a notebook) already chose the cluster
     if options.address:
         try:
+            _check_reachable(options.address)
             ray.init(address=options.address)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise MaskSegError(f"Could not join the Ray cluster at {options.address} ({exc}).") from None
+        except (OSError, RuntimeError, ValueError) as exc:  # ConnectionError is an OSError
+            raise MaskSegError(
+                f"Could not join the Ray cluster at {options.address} ({exc}). Is `ray start --head` running "
+                "there? Ray clusters use token authentication: set RAY_AUTH_MODE=token and copy the head "
+                "node's token (`ray get-auth-token`) to ~/.ray/auth_token on this machine, or run the "
+                "command on a cluster node with --address auto."
+            ) from None
     else:
         ray.init(include_dashboard=False)
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once (ConnectionError) when host:port does not answer: ray.init would retry for minutes."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # "auto", "ray://...": Ray's own lookup
+    with socket.create_connection((host, int(port)), timeout=10):
+        pass
 
 
 def cpus_per_actor(ray: Any, options: RayOptions) -> float:
