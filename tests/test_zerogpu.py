@@ -16,6 +16,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from test_video import write_clip
+
 REPO = Path(__file__).resolve().parent.parent
 SHAPES = [REPO / "assets" / "examples" / f"shapes_{i}.png" for i in (1, 2, 3)]
 
@@ -83,7 +85,7 @@ from maskseg.engine.models import _CACHE
 from maskseg.engine.trace import trace_photo
 from maskseg.engine.explain_report import summary as summary_json
 
-shapes = sys.argv[1:]
+clip, shapes = sys.argv[1], sys.argv[2:]
 config = AppConfig(model="shapes-demo", device="cpu", backend="torch", precision="fp32")
 build_app(config)
 report = {"zero_gpu": components.ZERO_GPU, "preloaded": sorted({k[0] for k in _CACHE})}
@@ -129,6 +131,21 @@ def rounded(value):
 
 
 report["explorer_same"] = rounded(summary_json(trace_remote)) == rounded(summary_json(trace_local))
+# The Video tab's call, with Gradio's Progress and no stop flag (it cannot reach the worker).
+from pathlib import Path
+from maskseg.app.video_handlers import ClipProgress, VideoControls, predict_clip
+from maskseg.engine.video import segment_video
+settings = VideoControls(frame_stride=5).settings(config)
+clip_remote = predict_clip("shapes-demo", config, clip, Path("video_remote"), settings, ClipProgress(gr.Progress()),
+                           None if components.ZERO_GPU else (lambda: False))
+clip_local = segment_video(segmenter, clip, Path("video_local"), settings)
+def clip_objects(result):
+    return [(a["image_id"], a["category_id"], a.get("track_id"), round(a["score"], 4), [round(v, 1) for v in a["bbox"]])
+            for a in json.loads(result.json_path.read_text())["annotations"]]
+
+
+report["video_same"] = (clip_remote.frames_done == clip_local.frames_done > 0
+                        and clip_objects(clip_remote) == clip_objects(clip_local) and len(clip_objects(clip_local)) > 0)
 report["calls"] = spaces.CALLS
 report["durations"] = {name: (d if isinstance(d, int) else "callable" if callable(d) else None) for name, d in spaces.DURATIONS.items()}
 print("REPORT " + json.dumps(report))
@@ -146,7 +163,8 @@ def _run(tmp_path: Path, zero_gpu: bool) -> dict:
         "GRADIO_ANALYTICS_ENABLED": "False",
     }
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, *map(str, SHAPES)], cwd=tmp_path, env=env,
+        [sys.executable, "-c", SCRIPT, str(write_clip(tmp_path / "clip.mp4", frames=20)), *map(str, SHAPES)],
+        cwd=tmp_path, env=env,
         capture_output=True, text=True, timeout=600,
     )
     lines = [line for line in out.stdout.splitlines() if line.startswith("REPORT ")]
@@ -158,17 +176,19 @@ def test_gpu_calls_cross_a_zerogpu_worker_and_answer_the_same(tmp_path) -> None:
     report = _run(tmp_path, zero_gpu=True)
     assert report["zero_gpu"] is True
     assert "shapes-demo" in report["preloaded"]  # built in the main process at start-up
-    assert report["calls"] == ["predict_photo", "predict_photos", "trace_network"]  # each went through the worker
+    # each went through the worker
+    assert report["calls"] == ["predict_photo", "predict_photos", "trace_network", "predict_clip"]
     for check in ("segment_same_objects", "segment_same_masks", "low_threshold_same", "class_filter_same",
-                  "batch_same", "explorer_same"):
+                  "batch_same", "explorer_same", "video_same"):
         assert report[check] is True, check
     durations = report["durations"]
-    assert (durations["predict_photo"], durations["predict_photos"], durations["trace_network"]) == (30, "callable", 60)
+    assert (durations["predict_photo"], durations["predict_photos"], durations["trace_network"],
+            durations["predict_clip"]) == (30, "callable", 60, 300)
     assert all(durations.values()), durations  # every GPU call names its duration
 
 
 def test_without_zerogpu_the_decorator_changes_nothing(tmp_path) -> None:
     report = _run(tmp_path, zero_gpu=False)
     assert report["zero_gpu"] is False and report["calls"] == []
-    for check in ("segment_same_objects", "segment_same_masks", "batch_same", "explorer_same"):
+    for check in ("segment_same_objects", "segment_same_masks", "batch_same", "explorer_same", "video_same"):
         assert report[check] is True, check

@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from maskseg.app.components import gpu, table_frame, user_error
+from maskseg.app.components import ZERO_GPU, gpu, table_frame, user_error
 from maskseg.app.config import AppConfig
 from maskseg.app.model_menu import make_segmenter
 from maskseg.app.session import NETWORK_RUNS
@@ -86,16 +86,21 @@ class VideoControls:
         )
 
 
-def _gpu_for_clips(fn):
-    """`gpu` asking ZeroGPU for 300 s (a longer clip is cut there by its time limit); the decorator
-    without a duration, as some versions of components.py define it, is applied as it is."""
-    try:
-        return gpu(duration=300)(fn)
-    except TypeError:
-        return gpu(fn)
+class ClipProgress:
+    """The engine's progress callback drawn on Gradio's Progress: a class, not a closure, so that it
+    pickles into ZeroGPU's worker along with the Progress it holds."""
+
+    def __init__(self, progress) -> None:
+        self.progress = progress
+
+    def __call__(self, update: VideoProgress) -> None:
+        if update.total:
+            self.progress((update.done, update.total), desc=update.describe(), unit="frames")
+        else:
+            self.progress(None, desc=update.describe())
 
 
-@_gpu_for_clips
+@gpu(duration=300)  # ZeroGPU cuts a longer clip at its time limit
 def predict_clip(model_value: str, config: AppConfig, clip: str, out_dir: Path, settings: VideoSettings,
                  progress, should_stop) -> VideoResult:
     """The only call in the Video tab that runs the network (GPU-decorated on ZeroGPU)."""
@@ -122,15 +127,10 @@ def run_clip(config: AppConfig, clip, model: str, controls: VideoControls, progr
     flag = STOPS.start(session)
     progress(0, desc="Reading the clip")
 
-    def report(update: VideoProgress) -> None:
-        if update.total:
-            progress((update.done, update.total), desc=update.describe(), unit="frames")
-        else:
-            progress(None, desc=update.describe())
-
     out_dir = TEMP_FILES.new_path(Path(str(path)).stem + "_video", suffix="", request=request).parent
     try:
-        result = predict_clip(model, config, str(path), out_dir, controls.settings(config), report, flag.is_set)
+        result = predict_clip(model, config, str(path), out_dir, controls.settings(config), ClipProgress(progress),
+                             None if ZERO_GPU else flag.is_set)  # a stop flag cannot reach ZeroGPU's worker
     except MaskSegError as exc:
         raise user_error(exc) from exc
     finally:
