@@ -355,6 +355,12 @@ def forget_model(checkpoint: str | Path) -> None:
     _drop(keys)
 
 
+def loaded_models() -> list[LoadedModel]:
+    """Every model this process has in memory (the cache), in loading order."""
+    with _CACHE_LOCK:
+        return list(_CACHE.values())
+
+
 def clear_model_cache() -> None:
     """Forget every loaded model and free the GPU memory they held."""
     with _CACHE_LOCK:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import av
-import numpy as np
 
 from maskseg.engine.export import CSV_COLUMNS, coco_document, safe_folder_name
 from maskseg.engine.prediction import Prediction
@@ -377,10 +376,8 @@ def loaded_model_costs() -> dict[str, float]:
     """
     from maskseg.engine import models
 
-    with models._CACHE_LOCK:  # models.py lists what is on disk, not what is in memory
-        loaded = list(models._CACHE.values())
     costs: dict[str, float] = {}
-    for model in loaded:
+    for model in models.loaded_models():
         entry = models.ZOO.get(model.architecture)
         cost = entry.gflops if entry is not None else sum(model.stage_parameters.values()) / 1e6
         costs[model.key] = min(cost, costs.get(model.key, cost))
