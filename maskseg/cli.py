@@ -67,6 +67,15 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
                        help="bundles: a folder per image (default); coco: one merged coco.json and objects.parquet")
 
 
+def add_filter_arguments(parser: argparse.ArgumentParser, per: str) -> None:
+    """--threshold, --mask-threshold, --classes, --max-detections: which objects are kept, the
+    same controls as the app's, for `predict` (per image) and `video` (per frame)."""
+    parser.add_argument("--threshold", type=fraction, default=0.5, help="score threshold (default 0.5)")
+    parser.add_argument("--mask-threshold", type=fraction, default=0.5, help="mask probability cut (default 0.5)")
+    parser.add_argument("--classes", default="", help="comma-separated class names to keep, e.g. person,car")
+    parser.add_argument("--max-detections", type=positive_int, default=100, help=f"most objects per {per}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, including subcommands contributed by other modules."""
     parser = argparse.ArgumentParser(prog="python -m maskseg", description="Mask R-CNN instance segmentation.")
@@ -81,10 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_ZIP_OR_DIR")
     predict.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the bundles")
     add_model_arguments(predict)
-    predict.add_argument("--threshold", type=fraction, default=0.5, help="score threshold (default 0.5)")
-    predict.add_argument("--mask-threshold", type=fraction, default=0.5, help="mask probability cut (default 0.5)")
-    predict.add_argument("--classes", default="", help="comma-separated class names to keep, e.g. person,car")
-    predict.add_argument("--max-detections", type=positive_int, default=100, help="most objects per image")
+    add_filter_arguments(predict, per="image")
     predict.add_argument("--batch-size", type=positive_int, default=2, help="images per network run")
     predict.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                          help="refuse images larger than this many pixels (default 40 million)")
@@ -242,10 +248,7 @@ def add_video_command(subparsers: argparse._SubParsersAction) -> None:
     video.add_argument("inputs", nargs="+", type=Path, metavar="CLIP_OR_DIR")
     video.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the outputs")
     add_model_arguments(video)
-    video.add_argument("--threshold", type=fraction, default=0.5, help="score threshold (default 0.5)")
-    video.add_argument("--mask-threshold", type=fraction, default=0.5, help="mask probability cut (default 0.5)")
-    video.add_argument("--classes", default="", help="comma-separated class names to keep, e.g. person,car")
-    video.add_argument("--max-detections", type=positive_int, default=100, help="most objects per frame")
+    add_filter_arguments(video, per="frame")
     video.add_argument("--stride", type=positive_int, default=1, help="segment every Nth frame (default 1: all)")
     video.add_argument("--max-seconds", type=float, default=None, help="segment only the first S seconds")
     video.add_argument("--max-pixels", type=positive_int, default=DEFAULT_VIDEO_MAX_PIXELS,
