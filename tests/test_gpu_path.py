@@ -100,3 +100,20 @@ def test_the_gpu_benchmark_says_it_needs_a_gpu_on_a_cpu() -> None:
     out = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "bench_gpu.py")],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "needs a CUDA GPU" in out.stdout
+
+
+def test_masks_are_computed_under_the_models_autocast() -> None:
+    """The mask head runs later than the backbone, on demand: it must run under the same autocast
+    (CUDA fp16 in the GPU path; torch bf16 on this CPU), or fp16/bf16 features meet fp32 weights."""
+    if not torch.cpu._is_avx512_bf16_supported():
+        pytest.skip("this CPU has no bf16")
+    fp32 = Segmenter(model="shapes-demo", device="cpu", backend="torch", precision="fp32").predict_one(SHAPES[0])
+    bf16 = Segmenter(model="shapes-demo", device="cpu", backend="torch", precision="bf16").predict_one(SHAPES[0])
+    def best_iou(instance) -> float:  # bf16 may order close scores differently: match by mask
+        mask = fp32.mask(instance)
+        return max(((bf16.mask(o) & mask).sum() / (bf16.mask(o) | mask).sum() for o in bf16.instances
+                    if o.class_name == instance.class_name), default=0.0)
+
+    confident = [i for i in fp32.instances if i.score > 0.8]
+    assert confident and all(bf16.mask(i).any() for i in bf16.instances)
+    assert all(best_iou(i) > 0.9 for i in confident)

@@ -7,9 +7,10 @@ and `MaskHead` computes the 28×28 mask probabilities of chosen candidates later
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, ContextManager, Iterable
 
 import torch
 from torchvision.models.detection.image_list import ImageList
@@ -60,9 +61,12 @@ class MaskHead:
 
     def __init__(
         self, network: torch.nn.Module, features: dict[str, torch.Tensor], candidates: Candidates,
-        lock: threading.RLock,
+        lock: threading.RLock, precision: Callable[[], ContextManager] = contextlib.nullcontext,
     ) -> None:
+        """`precision`: the autocast the features were made under; the mask head runs under it too
+        (fp16/bf16 features meet fp32 weights otherwise, and RoIAlign has no CPU bf16 kernel)."""
         self._network = network
+        self._precision = precision
         self._features: dict[str, torch.Tensor] | None = features
         self._boxes = candidates.boxes
         self._labels = candidates.labels
@@ -90,7 +94,7 @@ class MaskHead:
                 f"The mask of object {missing[0] + 1} was not computed and the network's features are "
                 "gone; run predict() with keep_features=True to lower the threshold afterwards."
             )
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), self._precision():
             chosen = torch.tensor(missing, dtype=torch.int64, device=self._boxes.device)
             heads = self._network.roi_heads
             pooled = pool_rois(heads.mask_roi_pool, self._features, [self._boxes[chosen]], [self._size])
@@ -117,3 +121,4 @@ class MaskHead:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._network, self._features, self._lock = None, None, threading.RLock()
+        self._precision = contextlib.nullcontext

@@ -166,7 +166,7 @@ class Segmenter:
                 candidates.boxes[keep], candidates.scores[keep], candidates.labels[keep], candidates.network_size
             )
             own_features = {name: level[index : index + 1] for name, level in features.items()}
-            mask_head = MaskHead(net, own_features, candidates, loaded.lock)
+            mask_head = MaskHead(net, own_features, candidates, loaded.lock, precision=lambda: autocast_for(loaded))
             predictions.append(self._prediction(image, candidates, mask_head, floor, mask_threshold, seconds))
         return predictions
 
