@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -162,13 +163,18 @@ def _run(tmp_path: Path, zero_gpu: bool) -> dict:
         "SPACES_ZERO_GPU": "true" if zero_gpu else "",
         "GRADIO_ANALYTICS_ENABLED": "False",
     }
-    out = subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, "-c", SCRIPT, str(write_clip(tmp_path / "clip.mp4", frames=20)), *map(str, SHAPES)],
-        cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # so a hung forked worker goes too
     )
-    lines = [line for line in out.stdout.splitlines() if line.startswith("REPORT ")]
-    assert out.returncode == 0 and lines, out.stdout[-3000:] + out.stderr[-6000:]
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+    lines = [line for line in stdout.splitlines() if line.startswith("REPORT ")]
+    assert process.returncode == 0 and lines, stdout[-3000:] + stderr[-6000:]
     return json.loads(lines[-1][len("REPORT "):])
 
 
